@@ -1,0 +1,60 @@
+"""`python -m gan_experiments [overrides]`: compose conf/, train, report where the results are."""
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from gan_experiments import checkpoint
+from gan_experiments.config import register_configs
+from gan_experiments.errors import UserError
+from gan_experiments.train import final_value, train
+
+log = logging.getLogger("gan_experiments")
+register_configs()
+
+
+def run_hparams(cfg: DictConfig, choices: dict) -> dict:
+    """What the HPARAMS tab compares: the chosen config options plus every setting."""
+    flat = checkpoint.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    settings = {k: v for k, v in flat.items() if not k.endswith(("_target_", "_partial_"))}
+    groups = {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
+    return {**groups, **settings}
+
+
+def mark_failed(run_dir: Path, error: Exception) -> None:
+    status = run_dir / "status.json"
+    try:
+        step = json.loads(status.read_text()).get("step", 0)
+    except (OSError, ValueError):
+        step = 0
+    checkpoint.write_json(status, {"status": "failed", "step": step, "error": str(error)})
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices)))
+    except Exception as error:
+        mark_failed(run_dir, error)
+        if not isinstance(error, UserError):
+            raise
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.error("%s", error)  # one failed job must not stop the sweep
+            return math.nan
+        sys.exit(f"\nError: {error}\n")
+    print(f"\nRun finished ({summary['status']}, step {summary['step']}). Outputs: {run_dir}\n"
+          f"View it with: tensorboard --logdir {run_dir}")
+    return final_value(summary)
+
+
+if __name__ == "__main__":
+    main()

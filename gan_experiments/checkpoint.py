@@ -1,0 +1,88 @@
+"""Checkpoints that survive a crash mid-write and resume bit-for-bit on the same device."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gan_experiments.errors import UserError
+
+# Keys that may change between a run and its resumption without changing what is computed.
+RESUMABLE_CHANGES = (
+    "resume", "trainer.steps", "trainer.log_every", "trainer.sample_every",
+    "trainer.checkpoint_every", "trainer.progress", "trainer.device",
+)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename it over `path`: a reader
+    (or a crash) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save(path: Path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def write_json(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def load(path: Path, map_location) -> dict:
+    if not path.is_file():
+        raise UserError(
+            f"resume=true, but there is no checkpoint at {path}. Point hydra.run.dir at the run "
+            f"directory to continue (e.g. resume=true hydra.run.dir=outputs/runs/<run>), or drop "
+            f"resume=true to start a new run."
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise UserError(
+            f"The checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is "
+            f"probably truncated or not a gan_experiments checkpoint. It was left untouched. "
+            f"Restore it from a copy, or move it away and start a new run without resume=true."
+        ) from None
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys whose values differ, as 'key: saved -> current', ignoring RESUMABLE_CHANGES."""
+    old, new = flatten(saved), flatten(current)
+    keys = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE_CHANGES)
+    return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys
+            if old.get(k, "<absent>") != new.get(k, "<absent>")]

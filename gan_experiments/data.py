@@ -1,0 +1,228 @@
+"""Training data. Every dataset answers `sample(n)` with a batch on the training device, scaled to
+[-1, 1]. Datasets that fit in memory are loaded once onto the device as uint8 and batches are
+drawn there by index, so the training loop does no per-item transforms; larger image folders
+stream through a DataLoader."""
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from gan_experiments.errors import UserError
+
+
+class ImageTensorData:
+    """All images on the device as uint8 (N, C, H, W); batches drawn uniformly with replacement.
+
+    Drawing indices with torch's RNG (rather than an epoch permutation held in Python) keeps
+    the data order inside the RNG state that checkpoints save, so a resumed run sees the
+    batches an uninterrupted one would have.
+    """
+
+    is_image = True
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, name: str):
+        self.images = images
+        self.labels = labels
+        self.name = name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        index = torch.randint(len(self), (n,), device=self.images.device, generator=generator)
+        return to_signed_unit(self.images[index])
+
+
+class ImageStreamData:
+    """Images too large to hold on the device: a shuffling DataLoader, restarted at each epoch."""
+
+    is_image = True
+
+    def __init__(self, dataset, shape, name: str, device: torch.device, num_workers: int):
+        self.dataset, self.name, self.device = dataset, name, device
+        self._shape = tuple(shape)
+        self.num_workers = num_workers
+        self.labels = None
+        self._batches: Iterator | None = None
+        self._batch_size = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self._batches is None or n != self._batch_size:
+            self._batch_size = n
+            self._batches = self._forever(n)
+        return to_signed_unit(next(self._batches).to(self.device, non_blocking=True))
+
+    def _forever(self, n: int):
+        loader = DataLoader(
+            self.dataset,
+            batch_size=n,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.num_workers > 0,
+        )
+        while True:
+            for images, _ in loader:
+                yield images
+
+
+class GaussianMixture:
+    """2D points from equal-weight isotropic Gaussians around `centers` (K, 2)."""
+
+    is_image = False
+    shape = (2,)
+    labels = None
+
+    def __init__(self, centers: torch.Tensor, std: float, name: str):
+        self.centers, self.std, self.name = centers, std, name
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = self.centers.device
+        mode = torch.randint(len(self.centers), (n,), device=device, generator=generator)
+        return self.centers[mode] + self.std * torch.randn(n, 2, device=device, generator=generator)
+
+
+def to_signed_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float().div_(127.5).sub_(1.0)
+
+
+def _resize_uint8(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> square `size` uint8, antialiased, done once at load time."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    if size < 1:
+        raise UserError(f"data.image_size must be a positive number of pixels, got {size}.")
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+# --- datasets named in conf/data --------------------------------------------------------
+
+
+def digits(image_size: int = 16, device: str | torch.device = "cpu") -> ImageTensorData:
+    """scikit-learn's bundled 8x8 digits (values 0..16), shipped with the package: no download."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).float().mul_(255.0 / 16.0).round_().to(torch.uint8)
+    images = _resize_uint8(images.unsqueeze(1), image_size)
+    labels = torch.from_numpy(bunch.target).long()
+    return ImageTensorData(images.to(device), labels.to(device), "digits")
+
+
+_HOW_TO_GET = {
+    "MNIST": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+    "t10k-labels-idx1-ubyte (from the official MNIST mirror) into {root}/MNIST/raw/",
+    "FashionMNIST": "the same four IDX files of Fashion-MNIST (github.com/zalandoresearch/"
+    "fashion-mnist) into {root}/FashionMNIST/raw/",
+    "CIFAR10": "the extracted cifar-10-python.tar.gz (www.cs.toronto.edu/~kriz/cifar.html), "
+    "i.e. the folder cifar-10-batches-py, into {root}/",
+}
+
+
+def _torchvision(cls, root, download, train):
+    name = cls.__name__
+    try:
+        return cls(root=str(root), train=train, download=download)
+    except RuntimeError as error:
+        if "not found" not in str(error).lower():
+            raise
+        raise UserError(
+            f"{name} files were not found under {Path(root).resolve()}. On a machine with "
+            f"internet access run once with data.download=true and torchvision fetches them; "
+            f"offline, copy {_HOW_TO_GET[name].format(root=root)}, or point data.root at the "
+            f"folder that holds them. data=digits needs no download."
+        ) from None
+    except OSError as error:  # urllib errors derive from OSError
+        raise UserError(
+            f"Downloading {name} into {root} failed ({error}). This machine may have no "
+            f"internet access: download on a networked machine and copy "
+            f"{_HOW_TO_GET[name].format(root=root)}, then run with data.download=false."
+        ) from None
+
+
+def _in_memory_or_fail(n_bytes: int, max_in_memory_mb: int, name: str) -> None:
+    if n_bytes > max_in_memory_mb * 2**20:
+        raise UserError(
+            f"{name} needs {n_bytes / 2**20:.0f} MB as uint8, more than "
+            f"data.max_in_memory_mb={max_in_memory_mb}. Raise data.max_in_memory_mb or lower "
+            f"data.image_size."
+        )
+
+
+def _from_torchvision(cls, root, download, train, image_size, max_in_memory_mb, device):
+    dataset = _torchvision(cls, root, download, train)
+    images = torch.as_tensor(dataset.data)
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    out_size = image_size or images.shape[-1]
+    _in_memory_or_fail(images.shape[0] * images.shape[1] * out_size**2, max_in_memory_mb, cls.__name__)
+    images = _resize_uint8(images.contiguous(), image_size)
+    labels = torch.as_tensor(dataset.targets).long()
+    return ImageTensorData(images.to(device), labels.to(device), cls.__name__.lower())
+
+
+def mnist(root="data", download=False, train=True, image_size=None, max_in_memory_mb=4096, device="cpu"):
+    return _from_torchvision(datasets.MNIST, root, download, train, image_size, max_in_memory_mb, device)
+
+
+def fashion_mnist(root="data", download=False, train=True, image_size=None, max_in_memory_mb=4096, device="cpu"):
+    return _from_torchvision(datasets.FashionMNIST, root, download, train, image_size, max_in_memory_mb, device)
+
+
+def cifar10(root="data", download=False, train=True, image_size=None, max_in_memory_mb=4096, device="cpu"):
+    return _from_torchvision(datasets.CIFAR10, root, download, train, image_size, max_in_memory_mb, device)
+
+
+def image_folder(path, image_size=32, channels=3, max_in_memory_mb=4096, num_workers=2, device="cpu"):
+    """torchvision ImageFolder: loaded onto the device when it fits, else streamed."""
+    if channels not in (1, 3):
+        raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
+    pipeline = transforms.Compose(
+        ([transforms.Grayscale(1)] if channels == 1 else [transforms.Lambda(lambda im: im.convert("RGB"))])
+        + [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.PILToTensor()]
+    )
+    try:
+        dataset = datasets.ImageFolder(str(path), transform=pipeline)
+    except FileNotFoundError as error:
+        raise UserError(
+            f"No images found under {Path(path).resolve()} ({error}). data=folder reads "
+            f"torchvision's ImageFolder layout: one sub-folder per class with the images inside, "
+            f"e.g. {path}/all/0001.png (jpg, png, bmp, webp, ...). Put images there or point "
+            f"data.path at the folder that holds the class sub-folders."
+        ) from None
+    shape = (channels, image_size, image_size)
+    device = torch.device(device)
+    if len(dataset) * math.prod(shape) > max_in_memory_mb * 2**20:
+        return ImageStreamData(dataset, shape, Path(path).name, device, num_workers)
+    loader = DataLoader(dataset, batch_size=256, num_workers=num_workers)
+    images, labels = zip(*loader, strict=True)
+    return ImageTensorData(torch.cat(images).to(device), torch.cat(labels).to(device), Path(path).name)
+
+
+def ring(num_modes=8, radius=1.0, std=0.01, device="cpu") -> GaussianMixture:
+    angles = torch.arange(num_modes, dtype=torch.float32) * (2 * math.pi / num_modes)
+    centers = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
+    return GaussianMixture(centers.to(device), std, "ring")
+
+
+def grid(side=5, spacing=2.0, std=0.05, device="cpu") -> GaussianMixture:
+    axis = (torch.arange(side, dtype=torch.float32) - (side - 1) / 2) * spacing
+    centers = torch.cartesian_prod(axis, axis)
+    return GaussianMixture(centers.to(device), std, "grid")

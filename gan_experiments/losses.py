@@ -1,0 +1,79 @@
+"""GAN losses as small pure functions of D's logits (never of probabilities: softplus keeps
+log-sigmoid finite where sigmoid rounds to 0 or 1).
+
+With D(x) = sigmoid(l):  log D = -softplus(-l)  and  log(1 - D) = -softplus(l).
+Every function returns a scalar to *minimise*; the conf/loss options pair one discriminator
+and one generator function.
+"""
+
+import torch
+import torch.nn.functional as F
+
+# --- the value function of Goodfellow et al. (2014) and its variants --------------------
+
+
+def bce_discriminator(real_logits, fake_logits, real_target: float = 1.0, fake_target: float = 0.0):
+    """-[E log D(x) + E log(1 - D(G(z)))], with optional label smoothing of the targets
+    (real_target=0.9 is one-sided smoothing; fake_target=0.1 makes it two-sided)."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_target))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, fake_target))
+    return real + fake
+
+
+def minimax_generator(fake_logits):
+    """The saturating minimax loss: G minimises E log(1 - D(G(z))) = -E softplus(l).
+    Its gradient, -sigmoid(l), vanishes when D confidently rejects the fakes."""
+    return -F.softplus(fake_logits).mean()
+
+
+def nonsaturating_generator(fake_logits):
+    """The non-saturating loss: G maximises E log D(G(z)), i.e. minimises E softplus(-l).
+    Its gradient, -sigmoid(-l), tends to -1 when D confidently rejects the fakes."""
+    return F.softplus(-fake_logits).mean()
+
+
+# --- the wider family --------------------------------------------------------------------
+
+
+def hinge_discriminator(real_logits, fake_logits):
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_generator(fake_logits):
+    return -fake_logits.mean()
+
+
+def lsgan_discriminator(real_logits, fake_logits):
+    return 0.5 * (real_logits - 1.0).pow(2).mean() + 0.5 * fake_logits.pow(2).mean()
+
+
+def lsgan_generator(fake_logits):
+    return 0.5 * (fake_logits - 1.0).pow(2).mean()
+
+
+def wasserstein_discriminator(real_logits, fake_logits):
+    """The critic's side of the Kantorovich-Rubinstein dual: maximise E f(x) - E f(G(z))."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wasserstein_generator(fake_logits):
+    return -fake_logits.mean()
+
+
+# --- gradient penalties ------------------------------------------------------------------
+
+
+def wgan_gradient_penalty(discriminator, real, fake):
+    """E (||grad_x D(x_hat)|| - 1)^2 at x_hat on straight lines between real and fake samples,
+    one mixing coefficient per example (Gulrajani et al. 2017)."""
+    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1.0).pow(2).mean()
+
+
+def r1_penalty(real_logits, real):
+    """(1/2) E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018); `real` must have been
+    passed to D with requires_grad, so the logits D already computed serve."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return 0.5 * grad.flatten(1).pow(2).sum(dim=1).mean()

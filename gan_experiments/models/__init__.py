@@ -1,0 +1,22 @@
+"""Generators and discriminators. Each module's `build(data_shape, ...)` returns (G, D); D always
+returns one logit per (packed) example."""
+
+import torch.nn as nn
+
+from gan_experiments.errors import UserError
+
+
+def check_pack(batch: int, pack: int) -> None:
+    if pack < 1 or batch % pack:
+        raise UserError(
+            f"model.pack={pack} must be a positive divisor of the batch ({batch} samples): "
+            f"PacGAN's D judges groups of `pack` samples. Change model.pack or trainer.batch_size."
+        )
+
+
+def add_spectral_norm(discriminator: nn.Module) -> nn.Module:
+    """Spectrally normalise every linear and conv layer in place (Miyato et al. 2018)."""
+    for module in list(discriminator.modules()):
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.utils.parametrizations.spectral_norm(module)
+    return discriminator

@@ -1,0 +1,59 @@
+"""What a run shows in TensorBoard and under samples/: image grids, 2D scatter plots, hparams."""
+
+from enum import Enum
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # runs are headless; no display is ever needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from torch.utils.tensorboard.summary import hparams  # noqa: E402
+from torchvision.utils import make_grid, save_image  # noqa: E402
+
+
+def log_images(writer: SummaryWriter, tag: str, images: torch.Tensor, step: int, png: Path) -> None:
+    grid = make_grid(images.float().cpu(), nrow=8, normalize=True, value_range=(-1, 1))
+    writer.add_image(tag, grid, step)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, png)
+
+
+def log_points(writer: SummaryWriter, tag: str, fake: torch.Tensor, real: torch.Tensor,
+               step: int, png: Path) -> None:
+    fake, real = fake.float().cpu().numpy(), real.float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(real[:, 0], real[:, 1], s=4, c="tab:gray", alpha=0.4, label="data")
+    ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:red", alpha=0.6, label="generated")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(f"step {step}", fontsize=8)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    writer.add_figure(tag, fig, step)  # closes the figure
+
+
+def log_samples(writer, tag, fake, reference_points, step, png):
+    """Image grid for images; for 2D data a scatter of `fake` over `reference_points`."""
+    if reference_points is None:
+        log_images(writer, tag, fake, step, png)
+    else:
+        log_points(writer, tag, fake, reference_points, step, png)
+
+
+def hparam_value(value):
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def log_hparams(writer: SummaryWriter, params: dict, metric_names: list[str]) -> None:
+    """Declare the run's hyperparameters and the metrics the HPARAMS tab compares runs by.
+    The metric values themselves are ordinary scalars logged under the same tags, so the
+    declaration goes into this run's own event file (add_hparams would start a new run)."""
+    clean = {k: hparam_value(v) for k, v in params.items()}
+    for summary in hparams(clean, dict.fromkeys(metric_names, 0.0)):
+        writer.file_writer.add_summary(summary)
