@@ -178,7 +178,7 @@ class Precision(str, Enum):
 
 @dataclass
 class TrainerConfig:
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 64
     d_steps: int = 1  # discriminator updates per generator update
     device: str = "auto"  # auto = cuda when present, else cpu

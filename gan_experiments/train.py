@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -78,6 +79,16 @@ class Losses:
     penalty_weight: float
 
 
+def build(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, letting our own UserError through instead of Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +111,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
-    generator, discriminator = instantiate(cfg.model, data_shape=data.shape, is_image=data.is_image)
+    generator, discriminator = build(cfg.model, data_shape=data.shape, is_image=data.is_image)
     generator, discriminator = generator.to(device), discriminator.to(device)
     if cfg.trainer.channels_last and data.is_image:
         generator = generator.to(memory_format=torch.channels_last)
@@ -254,7 +265,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
             )
 
     seed_everything(cfg.seed)
-    data = instantiate(cfg.data, device=device)
+    data = build(cfg.data, device=device)
     gan = build_gan(cfg, data, device)
     losses = Losses(instantiate(cfg.loss.discriminator), instantiate(cfg.loss.generator),
                     str(config["loss"]["penalty"]), cfg.loss.penalty_weight)
@@ -269,7 +280,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
     scalers = (torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16))
     autocast = _autocast_factory(device, str(config["trainer"]["precision"]))
 
-    writer = SummaryWriter(str(run_dir), purge_step=gan.step if saved is not None else None)
+    # Events up to the checkpoint's step were written before it; later ones are redone now.
+    writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved is not None else None)
     log_hparams(writer, hparams or checkpoint.flatten(config), FINAL_METRICS)
     checkpoint.write_json(run_dir / "status.json", {"status": "running", "step": gan.step})
 

@@ -1,0 +1,89 @@
+import gzip
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from gan_experiments.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+register_configs()
+
+# Small enough for a 2-core CPU: a few steps of tiny networks on 8x8 digits.
+TINY = [
+    "trainer.steps=4", "trainer.batch_size=8", "trainer.log_every=2", "trainer.sample_every=2",
+    "trainer.checkpoint_every=2", "trainer.num_samples=8", "trainer.progress=false",
+]
+TINY_MODEL = {
+    "dcgan": ["model.g_width=8", "model.d_width=8", "model.latent_dim=8", "data.image_size=8"],
+    "mlp": ["model.g_hidden=[16]", "model.d_hidden=[16]", "model.latent_dim=8"],
+}
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def tiny_cfg(*overrides: str, model: str = "dcgan"):
+    return make_cfg(*TINY, f"model={model}", *TINY_MODEL[model], *overrides)
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """The real runner in a subprocess, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gan_experiments", *args], cwd=cwd, capture_output=True,
+        text=True, timeout=timeout, **kwargs,
+    )
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file as the MNIST distribution ships it (big-endian header, uint8 data)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path) -> Path:
+    """MNIST-format files for torchvision.datasets.MNIST: 64 train and 16 test images with a
+    bright square whose position encodes the label."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 64), ("t10k", 16)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 30, (n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label : 2 * label + 8, 4:12] = 255
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return tmp_path
+
+
+class NanAfter:
+    """A generator loss that turns NaN after `calls` calls: divergence on demand."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def __call__(self, fake_logits):
+        import torch.nn.functional as F
+
+        self.calls -= 1
+        loss = F.softplus(-fake_logits).mean()
+        return loss * float("nan") if self.calls < 0 else loss
+
+
+def read_events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator

@@ -1,0 +1,85 @@
+"""Datasets through torchvision's real classes on files the tests write."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gan_experiments import data
+from gan_experiments.errors import UserError
+
+
+def test_digits_are_offline_scaled_and_resized():
+    digits = data.digits(image_size=16)
+    assert len(digits) == 1797 and digits.shape == (1, 16, 16)
+    batch = digits.sample(32)
+    assert batch.shape == (32, 1, 16, 16)
+    assert batch.min() >= -1 and batch.max() <= 1 and batch.min() < -0.99 and batch.max() > 0.9
+
+
+def test_mnist_loads_through_torchvision(mnist_root):
+    mnist = data.mnist(root=str(mnist_root))
+    assert mnist.shape == (1, 28, 28) and len(mnist) == 64
+    assert mnist.images.dtype == torch.uint8  # kept compact on the device
+    assert mnist.labels.shape == (64,)
+    resized = data.mnist(root=str(mnist_root), image_size=16)
+    assert resized.shape == (1, 16, 16)
+    batch = mnist.sample(8)
+    assert batch.min() >= -1 and batch.max() == 1.0
+
+
+def test_missing_mnist_says_how_to_get_it(tmp_path):
+    with pytest.raises(UserError) as error:
+        data.mnist(root=str(tmp_path))
+    message = str(error.value)
+    assert "data.download=true" in message and "MNIST/raw" in message and "data=digits" in message
+
+
+def test_missing_cifar_says_how_to_get_it(tmp_path):
+    with pytest.raises(UserError, match="cifar-10-batches-py"):
+        data.cifar10(root=str(tmp_path))
+
+
+def _write_pngs(folder, n, size=12):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_image_folder_in_memory_and_streaming(tmp_path):
+    _write_pngs(tmp_path / "images" / "all", 10)
+    in_memory = data.image_folder(tmp_path / "images", image_size=8, num_workers=0)
+    assert isinstance(in_memory, data.ImageTensorData) and in_memory.shape == (3, 8, 8)
+    streamed = data.image_folder(tmp_path / "images", image_size=8, channels=1, max_in_memory_mb=0, num_workers=0)
+    assert isinstance(streamed, data.ImageStreamData)
+    for _ in range(4):  # crosses an epoch boundary (10 images, batches of 4)
+        batch = streamed.sample(4)
+        assert batch.shape == (4, 1, 8, 8) and batch.min() >= -1 and batch.max() <= 1
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: (p / "empty").mkdir() or p / "empty"])
+def test_empty_or_missing_image_folder_names_the_layout(tmp_path, make):
+    with pytest.raises(UserError, match="ImageFolder layout"):
+        data.image_folder(make(tmp_path))
+
+
+def test_ring_and_grid_geometry():
+    ring = data.ring()
+    assert ring.centers.shape == (8, 2)
+    assert torch.allclose(ring.centers.norm(dim=1), torch.ones(8))
+    points = ring.sample(4000)
+    assert (points.norm(dim=1) - 1).abs().max() < 0.06  # 6 sigma
+    grid = data.grid()
+    assert grid.centers.shape == (25, 2)
+    assert sorted(set(grid.centers[:, 0].tolist())) == [-4.0, -2.0, 0.0, 2.0, 4.0]
+    offsets = grid.sample(4000)[:, None, :] - grid.centers[None]
+    assert offsets.norm(dim=2).min(dim=1).values.std() < 0.05
+
+
+def test_sampling_with_a_generator_leaves_the_global_rng_alone():
+    ring = data.ring()
+    state = torch.get_rng_state()
+    a = ring.sample(16, generator=torch.Generator().manual_seed(1))
+    b = ring.sample(16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(state, torch.get_rng_state())

@@ -1,0 +1,117 @@
+"""Training end to end: every model x loss, TensorBoard output, checkpoints, resume, faults."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import read_events, tiny_cfg
+from gan_experiments.errors import UserError
+from gan_experiments.train import SCALARS, train
+
+LOSSES = ["bce", "nonsat", "smooth", "hinge", "lsgan", "wgan", "wgan_gp"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("model,data", [("dcgan", "digits"), ("mlp", "digits"), ("mlp", "ring")])
+def test_each_model_and_loss_trains(tmp_path, model, data, loss):
+    summary = train(tiny_cfg(f"data={data}", f"loss={loss}", model=model), tmp_path)
+    assert summary["status"] == "ok" and summary["step"] == 4
+    assert all(torch.isfinite(torch.tensor(summary[k])) for k in ("final/loss_D", "final/loss_G"))
+    assert json.loads((tmp_path / "status.json").read_text()) == summary
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "samples" / "step_000004.png").is_file()
+
+
+def test_event_file_holds_every_tag_and_the_hparams(tmp_path):
+    train(tiny_cfg("loss=smooth"), tmp_path, hparams={"loss": "smooth", "seed": 0})
+    events = read_events(tmp_path)
+    assert set(SCALARS) <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss/G")] == [2, 4]
+    assert "samples" in events.Tags()["images"]
+    assert [e.step for e in events.Images("samples")] == [2, 4]
+    hparams = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["loss"].string_value == "smooth"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"])
+    metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert {"final/loss_G", "final/loss_D"} <= metric_tags <= set(events.Tags()["scalars"])
+
+
+def test_point_data_logs_a_scatter_figure(tmp_path):
+    train(tiny_cfg("data=ring", "loss=bce", model="mlp"), tmp_path)
+    events = read_events(tmp_path)
+    assert "samples" in events.Tags()["images"]  # add_figure renders into an image summary
+    image = events.Images("samples")[-1]
+    assert image.width > 100 and image.height > 100  # a plot, not a 2-pixel "image"
+
+
+def test_fixed_noise_grid_is_the_same_all_run(tmp_path):
+    train(tiny_cfg(), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    regenerated = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(state["gan"]["fixed_noise"], regenerated)
+
+
+RESUME = ["trainer.checkpoint_every=2", "trainer.ema_decay=0.9", "trainer.instance_noise=0.1",
+          "trainer.instance_noise_steps=6", "loss=wgan_gp", "trainer.d_steps=2"]
+
+
+@pytest.mark.parametrize("model,data", [("dcgan", "digits"), ("mlp", "ring")])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, model, data):
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    train(tiny_cfg(*RESUME, f"data={data}", "trainer.steps=6", model=model), whole)
+    train(tiny_cfg(*RESUME, f"data={data}", "trainer.steps=3", model=model), halves)
+    summary = train(tiny_cfg(*RESUME, f"data={data}", "trainer.steps=6", "resume=true", model=model), halves)
+    assert summary["step"] == 6
+    a = torch.load(whole / "checkpoints" / "last.pt", weights_only=False)["gan"]
+    b = torch.load(halves / "checkpoints" / "last.pt", weights_only=False)["gan"]
+    for part in ("generator", "discriminator", "ema"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key}"
+    # The resumed run's curve continues where it stopped, without duplicate steps.
+    assert [e.step for e in read_events(halves).Scalars("loss/G")] == [2, 3, 4, 6]
+
+
+def test_resume_with_a_different_config_names_the_keys(tmp_path):
+    train(tiny_cfg("trainer.steps=2"), tmp_path)
+    with pytest.raises(UserError, match=r"loss.generator._target_: .*nonsaturating.* -> .*minimax.*; model.latent_dim: 8 -> 16"):
+        train(tiny_cfg("model.latent_dim=16", "loss=bce", "resume=true"), tmp_path)
+
+
+def test_new_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    train(tiny_cfg("trainer.steps=2"), tmp_path)
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="resume=true"):
+        train(tiny_cfg(), tmp_path)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_missing_and_corrupt_checkpoints_on_resume(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint at"):
+        train(tiny_cfg("resume=true"), tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot be read.*left untouched"):
+        train(tiny_cfg("resume=true"), tmp_path)
+    assert path.read_bytes() == b"not a checkpoint"
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_cfg("trainer.steps=8", "loss.generator._target_=conftest.NanAfter",
+                   "loss.generator._partial_=false", "+loss.generator.calls=3")
+    summary = train(cfg, tmp_path)
+    assert summary == {"status": "diverged", "step": 4}
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["gan"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["gan"]["generator"].values() if v.is_floating_point())
+
+
+def test_d_steps_runs_several_discriminator_updates(tmp_path):
+    train(tiny_cfg("trainer.d_steps=3", "trainer.steps=2", "optimizer=sgd"), tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["gan"]
+    # SGD keeps no state, so count steps through the scheduler's own counters instead.
+    assert state["sched_d"]["_step_count"] == state["sched_g"]["_step_count"] == 3
