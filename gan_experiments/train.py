@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SCALARS = ["loss/D", "loss/G", "D/real", "D/fake", "grad_norm/G", "grad_norm/D", "lr/G", "lr/D"]
 FINAL_METRICS = ["final/loss_D", "final/loss_G"]
+POINTS_PER_IMAGE = 16
 
 
 @dataclass
@@ -89,6 +90,12 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+def make_losses(cfg: DictConfig) -> Losses:
+    penalty = cfg.loss.penalty
+    return Losses(build(cfg.loss.discriminator), build(cfg.loss.generator),
+                  getattr(penalty, "value", penalty), cfg.loss.penalty_weight)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,7 +130,9 @@ def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
         ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.trainer.ema_decay), use_buffers=True)
     # Its own generator, so the grid's noise does not depend on anything else the run draws.
     noise_rng = torch.Generator().manual_seed(cfg.seed)
-    fixed_noise = torch.randn(cfg.trainer.num_samples, cfg.model.latent_dim, generator=noise_rng).to(device)
+    # A scatter needs many more points than a grid needs images to show the modes.
+    n_fixed = cfg.trainer.num_samples * (1 if data.is_image else POINTS_PER_IMAGE)
+    fixed_noise = torch.randn(n_fixed, cfg.model.latent_dim, generator=noise_rng).to(device)
     return GAN(generator, discriminator, opt_g, opt_d, instantiate(cfg.schedule.g)(opt_g),
                instantiate(cfg.schedule.d)(opt_d), ema, fixed_noise)
 
@@ -267,10 +276,9 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
     seed_everything(cfg.seed)
     data = build(cfg.data, device=device)
     gan = build_gan(cfg, data, device)
-    losses = Losses(instantiate(cfg.loss.discriminator), instantiate(cfg.loss.generator),
-                    str(config["loss"]["penalty"]), cfg.loss.penalty_weight)
+    losses = make_losses(cfg)
     reference_points = None if data.is_image else data.sample(
-        tc.num_samples * 16, generator=torch.Generator(device).manual_seed(cfg.seed))
+        tc.num_samples * POINTS_PER_IMAGE, generator=torch.Generator(device).manual_seed(cfg.seed))
     if saved is not None:
         gan.load_state_dict(saved["gan"])
         checkpoint.set_rng_state(saved["rng"])
