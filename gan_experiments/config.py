@@ -197,6 +197,18 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 500  # steps between evaluations; 0 = only at the end
+    num_samples: int = 2500
+    objective: str = "auto"  # the metric the run returns to Hydra (and so to a sweeper)
+    classifier: bool = True
+    classifier_steps: int = 1000  # Adam steps of batch 128 for the dataset classifier
+    cache_dir: str = "~/.cache/gan_experiments"
+    inception: bool = True
+    inception_weights: str | None = None  # None = torch hub's checkpoint folder
+
+
+@dataclass
 class Config:
     data: Any = MISSING
     model: Any = MISSING
@@ -204,6 +216,7 @@ class Config:
     optimizer: Any = MISSING
     schedule: Any = MISSING
     trainer: TrainerConfig = MISSING
+    eval: EvalConfig = MISSING
     seed: int = 0
     resume: bool = False
 
@@ -227,5 +240,6 @@ def register_configs() -> None:
         ("schedule", "linear_schema", _g_and_d(LinearScheduleConfig)),
         ("schedule", "cosine_schema", _g_and_d(CosineScheduleConfig)),
         ("trainer", "trainer_schema", TrainerConfig),
+        ("eval", "eval_schema", EvalConfig),
     ]:
         cs.store(group=group, name=name, node=node)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
 from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
+from gan_experiments.metrics.evaluator import Evaluator
 from gan_experiments.summaries import log_hparams, log_samples
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
         gan.load_state_dict(saved["gan"])
         checkpoint.set_rng_state(saved["rng"])
         log.info("Resumed %s at step %d.", run_dir, gan.step)
+    evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed)
+    objective = evaluator.objective(cfg.eval.objective)
     maybe_compile(gan, cfg, data, device)
     fp16 = config["trainer"]["precision"] == "fp16"
     scalers = (torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16))
@@ -290,11 +293,15 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
 
     # Events up to the checkpoint's step were written before it; later ones are redone now.
     writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved is not None else None)
-    log_hparams(writer, hparams or checkpoint.flatten(config), FINAL_METRICS)
+    metric_tags = [f"{prefix}/{name}" for prefix in ["metrics"] + (["metrics_ema"] if gan.ema else [])
+                   for name in evaluator.names]
+    log_hparams(writer, hparams or checkpoint.flatten(config), FINAL_METRICS + metric_tags)
     checkpoint.write_json(run_dir / "status.json", {"status": "running", "step": gan.step})
 
     def save_checkpoint():
-        checkpoint.save(ckpt_path, {"gan": gan.state_dict(), "rng": checkpoint.rng_state(), "config": config})
+        checkpoint.save(ckpt_path, {"gan": gan.state_dict(), "rng": checkpoint.rng_state(), "config": config,
+                                    "data_shape": data.shape, "is_image": data.is_image})
+        checkpoint.write_json(run_dir / "status.json", {"status": "running", "step": gan.step})
 
     def sample_now():
         for tag, g in [("samples", gan.generator)] + ([("samples_ema", gan.ema.module)] if gan.ema else []):
@@ -306,7 +313,15 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
             log_samples(writer, tag, fake, reference_points, gan.step,
                         run_dir / tag / f"step_{gan.step:06d}.png")
 
-    status, last = "ok", {}
+    def evaluate_now() -> dict:
+        results = {f"metrics/{k}": v for k, v in evaluator(gan.generator).items()}
+        if gan.ema is not None:
+            results.update({f"metrics_ema/{k}": v for k, v in evaluator(gan.ema.module).items()})
+        for tag, value in results.items():
+            writer.add_scalar(tag, value, gan.step)
+        return results
+
+    status, last, metrics = "ok", {}, {}
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     bar = tqdm(total=tc.steps, initial=gan.step, disable=not tc.progress, dynamic_ncols=True, desc="train")
     with stop_requests() as stop:
@@ -335,6 +350,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
                                 Dx=f"{last['D/real']:.2f}", DGz=f"{last['D/fake']:.2f}")
             if gan.step % tc.sample_every == 0 or gan.step == tc.steps:
                 sample_now()
+            if evaluator.enabled and (gan.step == tc.steps or cfg.eval.every and gan.step % cfg.eval.every == 0):
+                metrics = evaluate_now()
             if at_checkpoint or stop.is_set():
                 save_checkpoint()
             if stop.is_set():
@@ -348,11 +365,15 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
         summary.update({"final/loss_D": last["loss/D"], "final/loss_G": last["loss/G"]})
         for tag in FINAL_METRICS:
             writer.add_scalar(tag, summary[tag], gan.step)
+        summary.update(metrics)
+        checkpoint.write_json(run_dir / "metrics.json", {"step": gan.step, **evaluator.info, **metrics})
+    summary["objective"] = objective
+    summary["value"] = summary.get(f"metrics/{objective}", summary.get(f"final/{objective}", math.nan))
     writer.close()
     checkpoint.write_json(run_dir / "status.json", summary)
     return summary
 
 
 def final_value(summary: dict) -> float:
-    """What the runner returns to Hydra (and so to a sweeper): the final G loss, NaN if none."""
-    return float(summary.get("final/loss_G", math.nan))
+    """What the runner returns to Hydra (and so to a sweeper): the value of eval.objective."""
+    return float(summary.get("value", math.nan))

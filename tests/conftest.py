@@ -2,6 +2,7 @@ import gzip
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ CONF = ROOT / "conf"
 register_configs()
 
 # Small enough for a 2-core CPU: a few steps of tiny networks on 8x8 digits.
+EVAL_CACHE = tempfile.mkdtemp(prefix="gan-experiments-test-cache-")
 TINY = [
+    f"eval.cache_dir={EVAL_CACHE}", "eval.classifier_steps=200", "eval.num_samples=200",
     "trainer.steps=4", "trainer.batch_size=8", "trainer.log_every=2", "trainer.sample_every=2",
     "trainer.checkpoint_every=2", "trainer.num_samples=8", "trainer.progress=false",
 ]

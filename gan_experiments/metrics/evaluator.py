@@ -1,0 +1,99 @@
+"""Chooses the metrics that fit the data and computes them for a generator."""
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from gan_experiments.errors import UserError
+from gan_experiments.metrics import classifier, inception
+from gan_experiments.metrics.modes import mode_metrics
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+    def __init__(self, cfg: DictConfig, data, latent_dim: int, device: torch.device, seed: int):
+        self.cfg, self.data, self.latent_dim, self.device = cfg, data, latent_dim, device
+        self.seed = seed
+        self.metric_fns, self.names = [], []
+        self.info: dict[str, float] = {}
+        # Building metric models draws random initial weights: keep that out of the run's RNG
+        # stream, or a run would train differently depending on what the cache holds.
+        with torch.random.fork_rng(devices=self._cuda()):
+            self._setup(cfg, data, device)
+
+    def _cuda(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _setup(self, cfg: DictConfig, data, device: torch.device) -> None:
+        if not data.is_image:
+            self.metric_fns.append(lambda fake: mode_metrics(fake, data.centers, data.std))
+            self.names += ["modes", "hq", "reverse_kl"]
+            return
+        real = self._real_images()
+        labels = getattr(data, "labels", None)
+        if cfg.classifier and labels is not None and len(torch.unique(labels)) > 1:
+            model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps)
+            self.info["classifier_accuracy"] = accuracy
+            self.metric_fns.append(classifier.ClassifierMetrics(model, real, labels))
+            self.names += ["fid_classifier", "class_coverage", "class_kl"]
+        elif cfg.classifier:
+            log.info("Classifier metrics skipped: %s has no class labels to train on.", data.name)
+        if cfg.inception:
+            weights = Path(cfg.inception_weights or inception.default_weights_path()).expanduser()
+            reason = inception.unavailable_reason(weights)
+            if reason:
+                log.warning("Inception FID/KID skipped: %s.", reason)
+            else:
+                self.metric_fns.append(inception.InceptionMetrics(weights, real, device))
+                self.names += ["fid_inception", "kid_inception"]
+
+    def _real_images(self) -> torch.Tensor:
+        from gan_experiments.data import to_signed_unit
+
+        if hasattr(self.data, "images"):
+            generator = torch.Generator().manual_seed(self.seed)
+            index = torch.randperm(len(self.data), generator=generator)[: self.cfg.num_samples]
+            return to_signed_unit(self.data.images[index.to(self.data.images.device)])
+        batches, n = [], 0
+        while n < self.cfg.num_samples:  # a streamed dataset: draw batches from its loader
+            batches.append(self.data.sample(min(500, self.cfg.num_samples - n)))
+            n += len(batches[-1])
+        return torch.cat(batches)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.metric_fns)
+
+    @torch.no_grad()
+    def generate(self, generator: torch.nn.Module) -> torch.Tensor:
+        """`num_samples` outputs from the same noise at every evaluation, drawn from a private
+        RNG so that evaluating does not change the training run."""
+        noise_rng = torch.Generator().manual_seed(self.seed + 1)
+        z = torch.randn(self.cfg.num_samples, self.latent_dim, generator=noise_rng).to(self.device)
+        was_training = generator.training
+        generator.eval()
+        fake = torch.cat([generator(chunk) for chunk in z.split(500)])
+        generator.train(was_training)
+        return fake
+
+    def __call__(self, generator: torch.nn.Module) -> dict[str, float]:
+        with torch.random.fork_rng(devices=self._cuda()):  # KID draws random subsets
+            fake = self.generate(generator)
+            results: dict[str, float] = {}
+            for fn in self.metric_fns:
+                results.update(fn(fake))
+        return results
+
+    def objective(self, name: str) -> str:
+        """The metric a sweeper optimises: `auto` picks the headline metric for the data."""
+        if name == "auto":
+            return next((n for n in ("fid_classifier", "reverse_kl") if n in self.names), "loss_G")
+        if name not in self.names + ["loss_G", "loss_D"]:
+            raise UserError(
+                f"eval.objective={name} is not computed for this run; choose one of "
+                f"{', '.join(self.names + ['loss_G', 'loss_D'])}, or auto."
+            )
+        return name

@@ -1,0 +1,152 @@
+"""Metrics on distributions with known answers, the classifier cache, Inception's offline skip,
+sweep reports and sample export."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import read_events, tiny_cfg
+from gan_experiments import data, report, sample
+from gan_experiments.metrics import classifier
+from gan_experiments.metrics.evaluator import Evaluator
+from gan_experiments.metrics.frechet import frechet_distance
+from gan_experiments.metrics.modes import mode_metrics
+from gan_experiments.train import train
+
+
+def test_real_ring_samples_cover_every_mode():
+    torch.manual_seed(0)
+    ring = data.ring()
+    result = mode_metrics(ring.sample(2500), ring.centers, ring.std)
+    assert result["modes"] == 8
+    # The mass of a 2D Gaussian within 3 sigma is 1 - exp(-4.5) = 0.98889.
+    assert result["hq"] == pytest.approx(1 - math.exp(-4.5), abs=0.006)
+    assert result["reverse_kl"] < 0.01
+
+
+def test_collapsed_samples_cover_one_mode():
+    ring = data.ring()
+    collapsed = ring.centers[3].expand(2500, 2) + 0.001 * torch.randn(2500, 2)
+    result = mode_metrics(collapsed, ring.centers, ring.std)
+    assert result == {"modes": 1, "hq": 1.0, "reverse_kl": pytest.approx(math.log(8))}
+
+
+def test_uniform_noise_is_low_quality():
+    grid = data.grid()
+    noise = torch.rand(2500, 2) * 10 - 5
+    result = mode_metrics(noise, grid.centers, grid.std)
+    assert result["hq"] < 0.05
+
+
+def test_frechet_distance_of_known_gaussians():
+    torch.manual_seed(0)
+    a = torch.randn(20000, 3)
+    b = torch.randn(20000, 3) * 2 + 1
+    # |mu|^2 = 3, Tr(I + 4I - 2*2I) = 3.
+    assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.03)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    digits = data.digits()
+    model, accuracy = classifier.load_or_train(digits, cache, steps=600)
+    return digits, model, accuracy, cache
+
+
+def test_classifier_is_accurate_and_cached(digits_classifier):
+    digits, model, accuracy, cache = digits_classifier
+    assert accuracy > 0.9
+    (cached,) = cache.glob("classifier-digits-*.pt")
+    again, again_accuracy = classifier.load_or_train(digits, cache, steps=600)
+    assert again_accuracy == accuracy
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_classifier_fid_orders_real_noise(digits_classifier):
+    digits, model, _, _ = digits_classifier
+    real = data.to_signed_unit(digits.images)
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+    half_a, half_b = order[:898], order[898:]
+    metrics = classifier.ClassifierMetrics(model, real[half_a], digits.labels[half_a])
+    real_vs_real = metrics(real[half_b])
+    real_vs_noise = metrics(torch.rand(len(half_b), 1, 16, 16) * 2 - 1)
+    assert real_vs_real["fid_classifier"] * 10 < real_vs_noise["fid_classifier"]
+    assert real_vs_real["class_coverage"] == 10 and real_vs_real["class_kl"] < 0.05
+    assert real_vs_noise["class_kl"] > real_vs_real["class_kl"]
+
+
+def test_inception_is_skipped_with_one_message_when_weights_are_missing(tmp_path, caplog):
+    cfg = tiny_cfg(f"eval.cache_dir={tmp_path}", f"eval.inception_weights={tmp_path}/absent.pth",
+                   "eval.classifier_steps=50")
+    evaluator = Evaluator(cfg.eval, data.digits(8), 8, torch.device("cpu"), 0)
+    skipped = [r for r in caplog.records if "Inception FID/KID skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "absent.pth" in skipped[0].getMessage()
+    assert "fid_inception" not in evaluator.names and "fid_classifier" in evaluator.names
+
+
+def test_run_writes_metrics_everywhere(tmp_path):
+    summary = train(tiny_cfg("data=ring", "eval.every=2", "eval.num_samples=500", "trainer.ema_decay=0.5",
+                             model="mlp"), tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"metrics/modes", "metrics/hq", "metrics/reverse_kl", "metrics_ema/modes"} <= saved.keys()
+    assert summary["objective"] == "reverse_kl" and summary["value"] == saved["metrics/reverse_kl"]
+    events = read_events(tmp_path)
+    assert [e.step for e in events.Scalars("metrics/hq")] == [2, 4]
+    assert "metrics_ema/reverse_kl" in events.Tags()["scalars"]
+
+
+def test_objective_can_be_chosen_and_is_checked(tmp_path):
+    summary = train(tiny_cfg("data=ring", "eval.objective=hq", model="mlp"), tmp_path / "a")
+    assert summary["value"] == summary["metrics/hq"]
+    with pytest.raises(Exception, match="eval.objective=fid"):
+        train(tiny_cfg("data=ring", "eval.objective=fid", model="mlp"), tmp_path / "b")
+
+
+def _fake_run(folder, overrides, status, value=None, extra=None):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    payload = {"status": status, "step": 10, "objective": "reverse_kl"}
+    if value is not None:
+        payload.update({"value": value, "metrics/reverse_kl": value, **(extra or {})})
+    (folder / "status.json").write_text(json.dumps(payload))
+
+
+def test_report_aggregates_seeds_and_counts_failures(tmp_path, capsys):
+    for seed, value in enumerate([0.1, 0.3]):
+        _fake_run(tmp_path / f"loss=nonsat,seed={seed}", ["loss=nonsat", f"seed={seed}"], "ok", value)
+    _fake_run(tmp_path / "loss=nonsat,seed=2", ["loss=nonsat", "seed=2"], "diverged")
+    _fake_run(tmp_path / "loss=bce,seed=0", ["loss=bce", "seed=0"], "ok", 1.0)
+    _fake_run(tmp_path / "loss=bce,seed=1", ["loss=bce", "seed=1"], "failed")
+    report.main([str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "loss=nonsat" in printed and "0.2 ± 0.14" in printed
+    rows = list((tmp_path / "report.csv").read_text().splitlines())
+    assert rows[1].startswith("loss=nonsat,") or rows[1].startswith('"loss=nonsat"')
+    assert rows[1].split(",")[2:5] == ["2", "1", "0"]  # n, diverged, failed
+    assert rows[2].split(",")[2:5] == ["1", "0", "1"]
+    assert (tmp_path / "report.md").read_text().count("\n|") >= 3
+
+
+def test_sample_export_round_trips(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg("trainer.ema_decay=0.5"), run)
+    generator = sample.load_generator(run)
+    sample.main([str(run), "-n", "10", "--seed", "3", "--npz", str(tmp_path / "s.npz")])
+    saved = np.load(tmp_path / "s.npz")["samples"]
+    assert saved.shape == (10, 1, 8, 8)
+    assert np.allclose(saved, sample.draw(generator, 10, 3).numpy())
+    sample.main([str(run), "-n", "5", "--images", str(tmp_path / "imgs"), "--ema"])
+    images = sorted((tmp_path / "imgs").glob("*.png"))
+    assert len(images) == 5 and Image.open(images[0]).size == (8, 8)
+    sample.main([str(run)])
+    assert (run / "sample_grid.png").is_file()
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        sample.main([str(run)])
