@@ -1,4 +1,5 @@
-"""`python -m gan_experiments [overrides]`: compose conf/, train, report where the results are."""
+"""`python -m gan_experiments [overrides]`: compose conf/, train, report where the results are.
+With `-m`, every combination of the overrides' values is a job of a sweep."""
 
 import json
 import logging
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
+from gan_experiments.sweep import prepare_job, quiet_console
 from gan_experiments.train import final_value, train
 
 log = logging.getLogger("gan_experiments")
@@ -41,18 +43,33 @@ def mark_failed(run_dir: Path, error: Exception) -> None:
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job = f"[job {hydra_cfg.job.num}] {hydra_cfg.job.override_dirname or '(defaults)'}"
+    if multirun:
+        quiet_console()
+        cfg.trainer.progress = False
+        finished = prepare_job(cfg, run_dir)
+        if finished is not None:
+            print(f"{job}: already {finished['status']}, skipped", flush=True)
+            return final_value(finished)
+        print(f"{job}: {'resuming' if cfg.resume else 'started'}", flush=True)
     try:
         summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices)))
     except Exception as error:
         mark_failed(run_dir, error)
+        if multirun:  # one failed job must not stop the sweep
+            log.exception("Job failed")  # the traceback goes to the job's own log file
+            print(f"{job}: failed: {error} (log: {run_dir})", flush=True)
+            return math.nan
         if not isinstance(error, UserError):
             raise
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            log.error("%s", error)  # one failed job must not stop the sweep
-            return math.nan
         sys.exit(f"\nError: {error}\n")
-    print(f"\nRun finished ({summary['status']}, step {summary['step']}). Outputs: {run_dir}\n"
-          f"View it with: tensorboard --logdir {run_dir}")
+    if multirun:
+        print(f"{job}: {summary['status']} at step {summary['step']}, "
+              f"{summary['objective']}={final_value(summary):.4g}", flush=True)
+    else:
+        print(f"\nRun finished ({summary['status']}, step {summary['step']}). Outputs: {run_dir}\n"
+              f"View it with: tensorboard --logdir {run_dir}")
     return final_value(summary)
 
 

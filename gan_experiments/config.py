@@ -219,9 +219,15 @@ class Config:
     eval: EvalConfig = MISSING
     seed: int = 0
     resume: bool = False
+    jobs_per_gpu: int = 1  # sweeps: jobs sharing one GPU
+    cpus_per_job: int = 1  # sweeps: CPU cores (and torch threads) per job
 
 
 def register_configs() -> None:
+    """Schemas and resolvers that composing conf/ needs."""
+    from gan_experiments.sweep import register_resolvers
+
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, name, node in [
