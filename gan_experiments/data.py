@@ -158,21 +158,15 @@ def _torchvision(cls, root, download, train):
         ) from None
 
 
-def _in_memory_or_fail(n_bytes: int, max_in_memory_mb: int, name: str) -> None:
-    if n_bytes > max_in_memory_mb * 2**20:
-        raise UserError(
-            f"{name} needs {n_bytes / 2**20:.0f} MB as uint8, more than "
-            f"data.max_in_memory_mb={max_in_memory_mb}. Raise data.max_in_memory_mb or lower "
-            f"data.image_size."
-        )
-
-
 def _from_torchvision(cls, root, download, train, image_size, max_in_memory_mb, device):
     dataset = _torchvision(cls, root, download, train)
     images = torch.as_tensor(dataset.data)
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
-    out_size = image_size or images.shape[-1]
-    _in_memory_or_fail(images.shape[0] * images.shape[1] * out_size**2, max_in_memory_mb, cls.__name__)
+    channels, out_size = images.shape[1], image_size or images.shape[-1]
+    if images.shape[0] * channels * out_size**2 > max_in_memory_mb * 2**20:
+        dataset.transform = transforms.Compose([transforms.Resize(out_size), transforms.PILToTensor()])
+        return ImageStreamData(dataset, (channels, out_size, out_size), cls.__name__.lower(),
+                               torch.device(device), num_workers=2)
     images = _resize_uint8(images.contiguous(), image_size)
     labels = torch.as_tensor(dataset.targets).long()
     return ImageTensorData(images.to(device), labels.to(device), cls.__name__.lower())

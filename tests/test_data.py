@@ -83,3 +83,10 @@ def test_sampling_with_a_generator_leaves_the_global_rng_alone():
     a = ring.sample(16, generator=torch.Generator().manual_seed(1))
     b = ring.sample(16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and torch.equal(state, torch.get_rng_state())
+
+
+def test_mnist_larger_than_the_memory_threshold_streams(mnist_root):
+    streamed = data.mnist(root=str(mnist_root), image_size=16, max_in_memory_mb=0)
+    assert isinstance(streamed, data.ImageStreamData) and streamed.shape == (1, 16, 16)
+    batch = streamed.sample(8)
+    assert batch.shape == (8, 1, 16, 16) and batch.min() >= -1 and batch.max() <= 1
