@@ -44,8 +44,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    job = f"[job {hydra_cfg.job.num}] {hydra_cfg.job.override_dirname or '(defaults)'}"
     if multirun:
+        job = f"[job {hydra_cfg.job.num}] {hydra_cfg.job.override_dirname or '(defaults)'}"
         quiet_console()
         cfg.trainer.progress = False
         finished = prepare_job(cfg, run_dir)
