@@ -178,18 +178,20 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
     def noisy(x):  # instance noise on everything D sees
         return x + noise_std * torch.randn_like(x) if noise_std > 0 else x
 
-    for _ in range(tc.d_steps):
+    for d_step in range(tc.d_steps):
         real = noisy(data.sample(batch))
         if tc.channels_last and real.dim() == 4:
             real = real.contiguous(memory_format=torch.channels_last)
         real.requires_grad_(losses.penalty == "r1")
-        with torch.no_grad(), autocast():
+        # The last D step's fakes also serve the G step (as in seed 000 and pytorch/examples),
+        # so only they keep G's graph.
+        with torch.set_grad_enabled(d_step == tc.d_steps - 1), autocast():
             fake = G(torch.randn(batch, latent, device=real.device))
         with autocast():
-            real_logits, fake_logits = D(real), D(noisy(fake))
+            real_logits, fake_logits = D(real), D(noisy(fake.detach()))
             d_loss = losses.discriminator(real_logits, fake_logits)
             if losses.penalty == "wgan_gp":
-                penalty = wgan_gradient_penalty(D, real, noisy(fake))
+                penalty = wgan_gradient_penalty(D, real, noisy(fake.detach()))
             elif losses.penalty == "r1":
                 penalty = r1_penalty(real_logits, real)
             else:
@@ -202,10 +204,12 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
         scaler_d.step(gan.opt_d)
         scaler_d.update()
 
+    D.requires_grad_(False)  # G's step needs gradients through D, not for D's weights
     with autocast():
-        g_loss = losses.generator(D(noisy(G(torch.randn(batch, latent, device=real.device)))))
+        g_loss = losses.generator(D(noisy(fake)))
     gan.opt_g.zero_grad(set_to_none=True)
     scaler_g.scale(g_loss).backward()
+    D.requires_grad_(True)
     if measure:
         scaler_g.unscale_(gan.opt_g)
         stats["grad_norm/G"] = grad_norm(G)
