@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
-from gan_experiments.sweep import prepare_job, quiet_console
+from gan_experiments.sweep import prepare_job, quiet_console, release_gpu_memory
 from gan_experiments.train import final_value, train
 
 log = logging.getLogger("gan_experiments")
@@ -59,12 +59,14 @@ def main(cfg: DictConfig) -> float:
         mark_failed(run_dir, error)
         if multirun:  # one failed job must not stop the sweep
             log.exception("Job failed")  # the traceback goes to the job's own log file
+            release_gpu_memory()
             print(f"{job}: failed: {error} (log: {run_dir})", flush=True)
             return math.nan
         if not isinstance(error, UserError):
             raise
         sys.exit(f"\nError: {error}\n")
     if multirun:
+        release_gpu_memory()  # Ray reuses this worker process for the sweep's next job
         print(f"{job}: {summary['status']} at step {summary['step']}, "
               f"{summary['objective']}={final_value(summary):.4g}", flush=True)
     else:

@@ -111,7 +111,7 @@ class AdamConfig:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
     foreach: bool | None = None
-    fused: bool | None = None
+    fused: bool | None = True
 
 
 @dataclass
@@ -190,7 +190,7 @@ class TrainerConfig:
     instance_noise_steps: int = 0  # anneal linearly to 0 over this many steps (0 = all steps)
     ema_decay: float = 0.0  # 0 disables the EMA generator
     precision: Precision = Precision.fp32
-    channels_last: bool = False
+    channels_last: bool = True
     compile: bool = False
     compile_backend: str = "inductor"
     progress: bool = True  # tqdm bar; sweeps switch it off

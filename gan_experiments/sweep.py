@@ -63,6 +63,16 @@ def prepare_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     return None
 
 
+def release_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def quiet_console() -> None:
     """Parallel jobs would interleave their logs: keep them in each job's log file only."""
     root = logging.getLogger()
