@@ -6,30 +6,15 @@ sorted by the sweep's objective. Writes report.md and report.csv into the sweep 
 
 import argparse
 import csv
-import json
 import math
 import statistics
 from pathlib import Path
 
-import yaml
+from gan_experiments.sweep import find_runs
 
 # Metrics where larger is better; every other objective is minimised.
 MAXIMISED = {"modes", "hq", "class_coverage"}
 FINISHED = ("ok", "interrupted")
-
-
-def find_runs(sweep_dir: Path) -> list[dict]:
-    runs = []
-    for status_file in sorted(Path(sweep_dir).rglob("status.json")):
-        run_dir = status_file.parent
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        try:
-            status = json.loads(status_file.read_text())
-        except ValueError:
-            status = {"status": "failed"}
-        runs.append({"dir": run_dir, "overrides": overrides or [], "status": status})
-    return runs
 
 
 def group_key(overrides: list[str]) -> str:
@@ -83,7 +68,7 @@ def render(rows, columns, objective) -> tuple[str, list[list[str]]]:
 
 
 def report(sweep_dir: Path) -> str:
-    runs = find_runs(sweep_dir)
+    runs = find_runs(sweep_dir, "**/status.json")
     if not runs:
         raise SystemExit(f"Error: no runs (folders with status.json) under {sweep_dir}. Pass the "
                          f"sweep dir that `python -m gan_experiments -m ...` printed.")

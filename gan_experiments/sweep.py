@@ -81,13 +81,22 @@ def quiet_console() -> None:
             root.removeHandler(handler)
 
 
-def job_rows(sweep_dir: Path) -> list[dict]:
-    rows = []
-    for status_file in sorted(Path(sweep_dir).glob("*/status.json")):
+def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[dict]:
+    """Every run under `sweep_dir`: its folder, command-line overrides and status.json."""
+    runs = []
+    for status_file in sorted(Path(sweep_dir).glob(pattern)):
         run_dir = status_file.parent
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        status = read_status(run_dir)
+        runs.append({"dir": run_dir, "overrides": overrides or [],
+                     "status": read_status(run_dir) or {"status": "failed"}})
+    return runs
+
+
+def job_rows(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for run in find_runs(sweep_dir):
+        run_dir, overrides, status = run["dir"], run["overrides"], run["status"]
         value = status.get("value", math.nan)
         rows.append({
             "overrides": " ".join(overrides or []),
