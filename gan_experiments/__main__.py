@@ -4,6 +4,7 @@ With `-m`, every combination of the overrides' values is a job of a sweep."""
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from gan_experiments.sweep import prepare_job, quiet_console, release_gpu_memory
 from gan_experiments.train import final_value, train
 
 log = logging.getLogger("gan_experiments")
+# Ray folds similar lines from different jobs into "[repeated 2x]": each job's start and end
+# line must show.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 register_configs()
 
 
