@@ -1,7 +1,6 @@
 """`python -m gan_experiments [overrides]`: compose conf/, train, report where the results are.
 With `-m`, every combination of the overrides' values is a job of a sweep."""
 
-import json
 import logging
 import math
 import os
@@ -16,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
-from gan_experiments.sweep import prepare_job, quiet_console, release_gpu_memory
+from gan_experiments.sweep import prepare_job, quiet_console, read_status, release_gpu_memory
 from gan_experiments.train import final_value, train
 
 log = logging.getLogger("gan_experiments")
@@ -35,12 +34,8 @@ def run_hparams(cfg: DictConfig, choices: dict) -> dict:
 
 
 def mark_failed(run_dir: Path, error: Exception) -> None:
-    status = run_dir / "status.json"
-    try:
-        step = json.loads(status.read_text()).get("step", 0)
-    except (OSError, ValueError):
-        step = 0
-    checkpoint.write_json(status, {"status": "failed", "step": step, "error": str(error)})
+    step = read_status(run_dir).get("step", 0)
+    checkpoint.write_json(run_dir / "status.json", {"status": "failed", "step": step, "error": str(error)})
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -297,8 +297,9 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
 
     # Events up to the checkpoint's step were written before it; later ones are redone now.
     writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved is not None else None)
-    metric_tags = [f"{prefix}/{name}" for prefix in ["metrics"] + (["metrics_ema"] if gan.ema else [])
-                   for name in evaluator.names]
+    # The generators whose samples and metrics are logged, by tag suffix.
+    generators = {"": gan.generator, **({"_ema": gan.ema.module} if gan.ema is not None else {})}
+    metric_tags = [f"metrics{suffix}/{name}" for suffix in generators for name in evaluator.names]
     log_hparams(writer, hparams or checkpoint.flatten(config), FINAL_METRICS + metric_tags)
     checkpoint.write_json(run_dir / "status.json", {"status": "running", "step": gan.step})
 
@@ -308,7 +309,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
         checkpoint.write_json(run_dir / "status.json", {"status": "running", "step": gan.step})
 
     def sample_now():
-        for tag, g in [("samples", gan.generator)] + ([("samples_ema", gan.ema.module)] if gan.ema else []):
+        for suffix, g in generators.items():
+            tag = f"samples{suffix}"
             was_training = g.training
             g.eval()
             with torch.no_grad():
@@ -318,9 +320,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
                         run_dir / tag / f"step_{gan.step:06d}.png")
 
     def evaluate_now() -> dict:
-        results = {f"metrics/{k}": v for k, v in evaluator(gan.generator).items()}
-        if gan.ema is not None:
-            results.update({f"metrics_ema/{k}": v for k, v in evaluator(gan.ema.module).items()})
+        results = {f"metrics{suffix}/{k}": v for suffix, g in generators.items() for k, v in evaluator(g).items()}
         for tag, value in results.items():
             writer.add_scalar(tag, value, gan.step)
         return results
