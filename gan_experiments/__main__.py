@@ -2,7 +2,6 @@
 With `-m`, every combination of the overrides' values is a job of a sweep."""
 
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
-from gan_experiments.sweep import prepare_job, quiet_console, read_status, release_gpu_memory
+from gan_experiments.lifecycle import StartRefused
+from gan_experiments.sweep import prepare_job, quiet_console, release_gpu_memory, swept_keys
 from gan_experiments.train import final_value, train
 
 log = logging.getLogger("gan_experiments")
@@ -25,26 +25,35 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 register_configs()
 
 
-def run_hparams(cfg: DictConfig, choices: dict) -> dict:
-    """What the HPARAMS tab compares: the chosen config options plus every setting."""
+def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> dict:
+    """What the HPARAMS tab compares, in the order its columns show: the swept values first,
+    then the chosen config options, then every other setting."""
     flat = checkpoint.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     settings = {k: v for k, v in flat.items() if not k.endswith(("_target_", "_partial_"))}
     groups = {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
-    return {**groups, **settings}
+    varied = {k: groups.get(k, settings.get(k)) for k in sorted(swept) if k in groups or k in settings}
+    return {**varied, **groups, **settings}
 
 
-def mark_failed(run_dir: Path, error: Exception) -> None:
-    step = read_status(run_dir).get("step", 0)
-    checkpoint.write_json(run_dir / "status.json", {"status": "failed", "step": step, "error": str(error)})
+def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """What Hydra writes into .hydra/ (conf/config.yaml sets hydra.output_subdir to null so
+    Hydra does not), written only once the start is accepted: a refused start must leave an
+    earlier run's record as it was."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    swept: set[str] = set()
     if multirun:
-        job = f"[job {hydra_cfg.job.num}] {hydra_cfg.job.override_dirname or '(defaults)'}"
+        job = f"[job {hydra_cfg.job.num}] {run_dir.name}"
         quiet_console()
         cfg.trainer.progress = False
         finished = prepare_job(cfg, run_dir)
@@ -52,26 +61,36 @@ def main(cfg: DictConfig) -> float:
             print(f"{job}: already {finished['status']}, skipped", flush=True)
             return final_value(finished)
         print(f"{job}: {'resuming' if cfg.resume else 'started'}", flush=True)
+        optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
+        swept = ({o.split("=", 1)[0] for o in hydra_cfg.overrides.task} if optuna
+                 else swept_keys(hydra_cfg.sweep.dir))
     try:
-        summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices)))
-    except Exception as error:
-        mark_failed(run_dir, error)
+        summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept),
+                        on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg))
+    except StartRefused as error:  # nothing was written: the run dir is as it was
+        if multirun:
+            print(f"{job}: start refused: {error}", flush=True)
+            return None
+        sys.exit(f"\nError: {error} Nothing was written into {run_dir}.\n")
+    except Exception as error:  # train() has recorded status `failed`
         if multirun:  # one failed job must not stop the sweep
             log.exception("Job failed")  # the traceback goes to the job's own log file
             release_gpu_memory()
             print(f"{job}: failed: {error} (log: {run_dir})", flush=True)
-            return math.nan
+            return None
         if not isinstance(error, UserError):
             raise
         sys.exit(f"\nError: {error}\n")
+    value = final_value(summary)
     if multirun:
         release_gpu_memory()  # Ray reuses this worker process for the sweep's next job
-        print(f"{job}: {summary['status']} at step {summary['step']}, "
-              f"{summary['objective']}={final_value(summary):.4g}", flush=True)
+        shown = "–" if value is None else f"{value:.4g}"
+        print(f"{job}: {summary['status']} at step {summary['step']}, {summary['objective']}={shown}",
+              flush=True)
     else:
         print(f"\nRun finished ({summary['status']}, step {summary['step']}). Outputs: {run_dir}\n"
               f"View it with: tensorboard --logdir {run_dir}")
-    return final_value(summary)
+    return value
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Checkpoints that survive a crash mid-write and resume bit-for-bit on the same device."""
+"""Checkpoints and small result files that survive a crash mid-write, and resume bit-for-bit
+on the same device."""
 
 import json
+import math
 import os
 import random
 from pathlib import Path
@@ -19,25 +21,59 @@ RESUMABLE_CHANGES = (
 
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder and rename it over `path`: a reader
-    (or a crash) sees the old file or the new one, never half of one."""
+    (or a crash, or a power cut) sees the old file or the new one, never half of one. The data
+    is on disk before the rename, and the rename is on disk before we return."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def save(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def strict(value):
+    """JSON has no NaN or Infinity: a value that was not measured, or not finite, is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
 
 
 def write_json(path: Path, payload: dict) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+    text = json.dumps(strict(payload), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def load(path: Path, map_location) -> dict:
+def to_device(tree, device):
+    """Every tensor in a nested dict/list moved to `device`; everything else as it is."""
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_device(v, device) for v in tree)
+    return tree
+
+
+def load(path: Path, device="cpu") -> dict:
+    """The checkpoint, read onto the CPU; then the training state (models, optimizers, noise)
+    moves to `device`. The RNG states stay CPU ByteTensors, the only kind torch accepts back."""
     if not path.is_file():
         raise UserError(
             f"resume=true, but there is no checkpoint at {path}. Point hydra.run.dir at the run "
@@ -45,13 +81,16 @@ def load(path: Path, map_location) -> dict:
             f"resume=true to start a new run."
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise UserError(
             f"The checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is "
             f"probably truncated or not a gan_experiments checkpoint. It was left untouched. "
             f"Restore it from a copy, or move it away and start a new run without resume=true."
         ) from None
+    if "gan" in state:
+        state["gan"] = to_device(state["gan"], device)
+    return state
 
 
 def rng_state() -> dict:

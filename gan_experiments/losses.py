@@ -63,17 +63,29 @@ def wasserstein_generator(fake_logits):
 # --- gradient penalties ------------------------------------------------------------------
 
 
-def wgan_gradient_penalty(discriminator, real, fake):
-    """E (||grad_x D(x_hat)|| - 1)^2 at x_hat on straight lines between real and fake samples,
-    one mixing coefficient per example (Gulrajani et al. 2017)."""
-    alpha = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+def _input_gradient(outputs, inputs, grad_scale):
+    """d(sum outputs)/d(inputs), kept in the graph. With fp16 the loss is scaled before the
+    gradient and the gradient unscaled after it (PyTorch's AMP recipe for gradient penalties);
+    `grad_scale` is 1 otherwise."""
+    (grad,) = torch.autograd.grad(outputs.sum() * grad_scale, inputs, create_graph=True)
+    return grad / grad_scale
+
+
+def wgan_gradient_penalty(discriminator, real, fake, pack: int = 1, grad_scale=1.0):
+    """E (||grad_x D(x_hat)|| - 1)^2 at x_hat on straight lines between real and fake samples
+    (Gulrajani et al. 2017). D judges packs of `pack` consecutive samples (PacGAN), so each
+    pack gets one mixing coefficient and one gradient norm over all of its samples."""
+    packs = real.shape[0] // pack
+    alpha = torch.rand((packs,) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    alpha = alpha.repeat_interleave(pack, dim=0)
     mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
-    return (grad.flatten(1).norm(dim=1) - 1.0).pow(2).mean()
+    grad = _input_gradient(discriminator(mixed), mixed, grad_scale)
+    return (grad.reshape(packs, -1).norm(dim=1) - 1.0).pow(2).mean()
 
 
-def r1_penalty(real_logits, real):
-    """(1/2) E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018); `real` must have been
-    passed to D with requires_grad, so the logits D already computed serve."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-    return 0.5 * grad.flatten(1).pow(2).sum(dim=1).mean()
+def r1_penalty(real_logits, real, pack: int = 1, grad_scale=1.0):
+    """(1/2) E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018), per pack of `pack`
+    samples; `real` must have been passed to D with requires_grad, so the logits D already
+    computed serve."""
+    grad = _input_gradient(real_logits, real, grad_scale)
+    return 0.5 * grad.reshape(real.shape[0] // pack, -1).pow(2).sum(dim=1).mean()

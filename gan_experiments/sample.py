@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
+from gan_experiments.summaries import image_grid
 from gan_experiments.train import build
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             written = args.images
         else:
             written = args.grid or args.run_dir / "sample_grid.png"
-            save_image(make_grid(samples, nrow=8, normalize=True, value_range=(-1, 1)), written)
+            save_image(image_grid(samples), written)
     except UserError as error:
         raise SystemExit(f"Error: {error}") from None
     print(f"Wrote {args.num} samples to {written}")

@@ -1,5 +1,6 @@
 """What a run shows in TensorBoard and under samples/: image grids, 2D scatter plots, hparams."""
 
+import math
 from enum import Enum
 from pathlib import Path
 
@@ -8,13 +9,25 @@ import matplotlib
 matplotlib.use("Agg")  # runs are headless; no display is ever needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
+# A 64-digit grid of 28x28 images is 242 px: too small to judge samples by eye.
+MIN_GRID_WIDTH = 512
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, min_width: int = MIN_GRID_WIDTH) -> torch.Tensor:
+    """A grid of images in [-1, 1], blown up by an integer factor (nearest neighbour, so pixels
+    stay sharp) to at least `min_width` pixels."""
+    grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
+    factor = max(1, math.ceil(min_width / grid.shape[-1]))
+    return F.interpolate(grid[None], scale_factor=factor, mode="nearest")[0]
+
 
 def log_images(writer: SummaryWriter, tag: str, images: torch.Tensor, step: int, png: Path) -> None:
-    grid = make_grid(images.float().cpu(), nrow=8, normalize=True, value_range=(-1, 1))
+    grid = image_grid(images)
     writer.add_image(tag, grid, step)
     png.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, png)
@@ -23,7 +36,7 @@ def log_images(writer: SummaryWriter, tag: str, images: torch.Tensor, step: int,
 def log_points(writer: SummaryWriter, tag: str, fake: torch.Tensor, real: torch.Tensor,
                step: int, png: Path) -> None:
     fake, real = fake.float().cpu().numpy(), real.float().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=MIN_GRID_WIDTH // 4)
     ax.scatter(real[:, 0], real[:, 1], s=4, c="tab:gray", alpha=0.4, label="data")
     ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:red", alpha=0.6, label="generated")
     ax.set_aspect("equal")
@@ -57,3 +70,12 @@ def log_hparams(writer: SummaryWriter, params: dict, metric_names: list[str]) ->
     clean = {k: hparam_value(v) for k, v in params.items()}
     for summary in hparams(clean, dict.fromkeys(metric_names, 0.0)):
         writer.file_writer.add_summary(summary)
+
+
+def log_layout(writer: SummaryWriter) -> None:
+    """CUSTOM SCALARS: both losses on one chart and D's two outputs on another, so the balance
+    of a run reads at a glance."""
+    writer.add_custom_scalars({"GAN balance": {
+        "loss/D and loss/G": ["Multiline", ["loss/D", "loss/G"]],
+        "D(x) and D(G(z))": ["Multiline", ["D/real", "D/fake"]],
+    }})

@@ -3,9 +3,7 @@ jobs of a sweep that is run again, a quiet terminal, and the sweep's status tabl
 
 import csv
 import hashlib
-import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -14,9 +12,9 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
+from gan_experiments.lifecycle import FINAL, STATUSES, read_status
 
-FINAL = ("ok", "diverged")  # re-running these would only repeat them
+log = logging.getLogger(__name__)
 
 
 def gpus_per_job(jobs_per_gpu: int) -> float:
@@ -29,26 +27,61 @@ def gpus_per_job(jobs_per_gpu: int) -> float:
     return 1.0 / jobs_per_gpu if torch.cuda.is_available() else 0.0
 
 
-def job_dirname(override_dirname: str, limit: int = 150) -> str:
-    """A job's folder name from its overrides (`loss=smooth,seed=1`), safe as one path part:
-    no slashes from path values, and long names cut with a hash that keeps them unique."""
-    name = override_dirname.replace("/", "|") or "defaults"
+def swept_keys(sweep_dir: str | Path) -> set[str]:
+    """The keys that take more than one value in the sweep whose multirun.yaml (written by
+    Hydra's sweeper before any job starts) is in `sweep_dir`: swept on the command line, in a
+    preset's sweeper params, or searched by a sweeper such as Optuna."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        sweep = OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra
+    except (OSError, ValueError):
+        return set()
+    params = sweep.sweeper.get("params") or {}
+    searched = {str(k) for k in params} if "optuna" in str(sweep.sweeper.get("_target_", "")) else set()
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(sweep.overrides.task)
+    keys = set(searched)
+    for override in OverridesParser.create().parse_overrides(arguments):
+        if override.is_sweep_override():
+            try:
+                several = len(list(override.sweep_string_iterator())) > 1
+            except ValueError:  # an interval: a searched range
+                several = True
+            if several:
+                keys.add(override.get_key_element().lstrip("+~"))
+    return keys
+
+
+def _safe_part(name: str, limit: int = 150) -> str:
+    """One path part: no slashes from path values, and long names cut with a hash that keeps
+    them unique."""
+    name = name.replace("/", "|") or "defaults"
     if len(name) <= limit:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     return f"{name[: limit - 9]}~{digest}"
 
 
+def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int) -> str:
+    """A job's folder, named by what differs between the sweep's jobs (`seed=1`,
+    `loss=smooth,seed=1`): TensorBoard's run selector cuts long names, and the constant
+    overrides stay in multirun.yaml. Optuna's trials differ in every searched value, so they
+    are numbered (`trial=7`) and their values go to the run's hparams."""
+    if "optuna" in str(sweeper):
+        return f"trial={job_num}"
+    swept = swept_keys(sweep_dir)
+    pairs = sorted(o.split("=", 1) for o in overrides if "=" in o)
+    named = [f"{key.lstrip('+~')}={value}" for key, value in pairs if key.lstrip("+~") in swept]
+    return _safe_part(",".join(named or (f"{key}={value}" for key, value in pairs)))
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("gpus_per_job", gpus_per_job, replace=True)
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    # Hydra's Ray launcher caps the object store of a Ray it starts, but Ray refuses that
+    # setting when joining an existing cluster (address set).
+    OmegaConf.register_new_resolver(
+        "ray_object_store", lambda address: None if address else 78_643_200, replace=True)
 
 
 def prepare_job(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -96,15 +129,15 @@ def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[dict]:
 def job_rows(sweep_dir: Path) -> list[dict]:
     rows = []
     for run in find_runs(sweep_dir):
-        run_dir, overrides, status = run["dir"], run["overrides"], run["status"]
-        value = status.get("value", math.nan)
+        status = run["status"]
+        value = status.get("value")
         rows.append({
-            "overrides": " ".join(overrides or []),
+            "overrides": " ".join(run["overrides"]),
             "status": status.get("status", "failed"),
             "step": status.get("step", 0),
             "objective": status.get("objective", ""),
-            "value": value if isinstance(value, (int, float)) else math.nan,
-            "run_dir": str(run_dir),
+            "value": value if isinstance(value, (int, float)) else None,  # strict CSV: empty
+            "run_dir": str(run["dir"]),
         })
     return rows
 
@@ -116,13 +149,18 @@ def write_status_table(sweep_dir: Path) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    cells = [[str(r[c]) if c != "value" else f"{r[c]:.4g}" for c in columns] for r in rows]
+    cells = [[("–" if r[c] is None else f"{r[c]:.4g}") if c == "value" else str(r[c]) for c in columns]
+             for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "diverged", "interrupted", "failed")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    # A refused start writes nothing into its job's folder, so it is no job of the table.
+    unstarted = sorted(d.name for d in Path(sweep_dir).iterdir()
+                       if d.is_dir() and not (d / "status.json").exists() and not d.name.startswith("."))
     print("\n".join(lines), file=sys.stdout)
     print(f"\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+          + (f". Not started (start refused, see the sweep's output): {', '.join(unstarted)}" if unstarted else "")
           + f". Table: {Path(sweep_dir) / 'sweep_status.csv'}\n"
           f"Compare them: tensorboard --logdir {sweep_dir}   |   "
           f"python -m gan_experiments.report {sweep_dir}")

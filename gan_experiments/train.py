@@ -1,14 +1,17 @@
-"""The training loop: build everything from the composed config, alternate D and G steps, log,
-sample, checkpoint, and stop cleanly on a signal or a non-finite loss."""
+"""The training loop: set up from the composed config, alternate D and G steps, log, sample,
+checkpoint, and finish with the run's status; stop cleanly on a signal or a non-finite loss.
+
+`train()` reads as its three steps: `set_up`, `run_loop`, `finish`. The start checks and
+status.json belong to `lifecycle`."""
 
 import copy
 import logging
-import math
 import random
 import signal
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +25,10 @@ from tqdm import tqdm
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
+from gan_experiments.lifecycle import RunStatus, StartRefused, check_start, checkpoint_path
 from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
 from gan_experiments.metrics.evaluator import Evaluator
-from gan_experiments.summaries import log_hparams, log_samples
+from gan_experiments.summaries import log_hparams, log_layout, log_samples
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +79,18 @@ class GAN:
 
 @dataclass
 class Losses:
-    discriminator: callable
-    generator: callable
+    discriminator: Callable
+    generator: Callable
     penalty: str
     penalty_weight: float
+    pack: int  # PacGAN: D judges packs, so its gradient penalties are taken per pack
+
+    def gradient_penalty(self, D, real, real_logits, fake, grad_scale) -> torch.Tensor:
+        if self.penalty == "wgan_gp":
+            return wgan_gradient_penalty(D, real, fake, self.pack, grad_scale)
+        if self.penalty == "r1":
+            return r1_penalty(real_logits, real, self.pack, grad_scale)
+        return torch.zeros((), device=real.device)
 
 
 def build(node: DictConfig, **kwargs):
@@ -94,7 +106,7 @@ def build(node: DictConfig, **kwargs):
 def make_losses(cfg: DictConfig) -> Losses:
     penalty = cfg.loss.penalty
     return Losses(build(cfg.loss.discriminator), build(cfg.loss.generator),
-                  getattr(penalty, "value", penalty), cfg.loss.penalty_weight)
+                  getattr(penalty, "value", penalty), cfg.loss.penalty_weight, cfg.model.pack)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,9 +115,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"trainer.device={name} is not a device torch knows; use auto, cpu, cuda or cuda:N.") from None
+        raise StartRefused(f"trainer.device={name} is not a device torch knows; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
+        raise StartRefused(
             f"trainer.device={name}, but this torch build sees no CUDA GPU. Use trainer.device=auto "
             f"(or cpu), or install a CUDA build of torch on a machine with a GPU."
         )
@@ -138,19 +150,22 @@ def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
                instantiate(cfg.schedule.d)(opt_d), ema, fixed_noise)
 
 
-def maybe_compile(gan: GAN, cfg: DictConfig, data, device: torch.device) -> None:
+def maybe_compile(gan: GAN, cfg: DictConfig, device: torch.device) -> None:
     """torch.compile G and D when asked; fall back to eager, with a warning, where it fails."""
     if not cfg.trainer.compile:
         return
-    try:  # compile a throwaway copy first: failures surface at the first call, not at compile()
-        probe_g, probe_d = copy.deepcopy(gan.generator), copy.deepcopy(gan.discriminator)
-        probe_g.compile(backend=cfg.trainer.compile_backend)
-        probe_d.compile(backend=cfg.trainer.compile_backend)
-        z = torch.randn(cfg.trainer.batch_size, cfg.model.latent_dim, device=device)
-        probe_d(probe_g(z)).sum().backward()
-    except Exception as error:  # any backend failure means: run eagerly
-        log.warning("torch.compile failed (%s: %s); training without it.", type(error).__name__, error)
-        return
+    # The probe's random numbers come from a forked RNG: with or without compile, and resumed
+    # or not, the run draws the same stream.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        try:  # compile a throwaway copy first: failures surface at the first call, not at compile()
+            probe_g, probe_d = copy.deepcopy(gan.generator), copy.deepcopy(gan.discriminator)
+            probe_g.compile(backend=cfg.trainer.compile_backend)
+            probe_d.compile(backend=cfg.trainer.compile_backend)
+            z = torch.randn(cfg.trainer.batch_size, cfg.model.latent_dim, device=device)
+            probe_d(probe_g(z)).sum().backward()
+        except Exception as error:  # any backend failure means: run eagerly
+            log.warning("torch.compile failed (%s: %s); training without it.", type(error).__name__, error)
+            return
     gan.generator.compile(backend=cfg.trainer.compile_backend)
     gan.discriminator.compile(backend=cfg.trainer.compile_backend)
 
@@ -168,8 +183,9 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
 
 def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
                scalers, autocast, measure: bool) -> dict:
-    """One generator update after `tc.d_steps` discriminator updates. Returns device tensors:
-    nothing here waits for the GPU."""
+    """One generator update after `tc.d_steps` discriminator updates. Returns the step's
+    statistics and whether its losses were finite, as device tensors: nothing here waits for
+    the GPU."""
     G, D, batch = gan.generator, gan.discriminator, tc.batch_size
     scaler_g, scaler_d = scalers
     latent = gan.fixed_noise.shape[1]
@@ -187,15 +203,14 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
         # so only they keep G's graph.
         with torch.set_grad_enabled(d_step == tc.d_steps - 1), autocast():
             fake = G(torch.randn(batch, latent, device=real.device))
+        # Penalty gradients are taken on the scaled loss and unscaled, as in PyTorch's AMP
+        # recipe for gradient penalties, so fp16 does not underflow them (1 without fp16).
+        grad_scale = scaler_d.scale(torch.ones((), device=real.device))
         with autocast():
-            real_logits, fake_logits = D(real), D(noisy(fake.detach()))
+            fake_seen = noisy(fake.detach())  # the penalty interpolates towards these same fakes
+            real_logits, fake_logits = D(real), D(fake_seen)
             d_loss = losses.discriminator(real_logits, fake_logits)
-            if losses.penalty == "wgan_gp":
-                penalty = wgan_gradient_penalty(D, real, noisy(fake.detach()))
-            elif losses.penalty == "r1":
-                penalty = r1_penalty(real_logits, real)
-            else:
-                penalty = torch.zeros((), device=real.device)
+            penalty = losses.gradient_penalty(D, real, real_logits, fake_seen, grad_scale)
         gan.opt_d.zero_grad(set_to_none=True)
         scaler_d.scale(d_loss + losses.penalty_weight * penalty).backward()
         if measure:
@@ -221,14 +236,15 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
     if gan.ema is not None:
         gan.ema.update_parameters(G)
     gan.step += 1
+    finite = torch.isfinite(d_loss) & torch.isfinite(g_loss)
+    if not scaler_d.is_enabled():  # with fp16, an overflowing penalty is a step the scaler skips
+        finite &= torch.isfinite(penalty)
     stats.update({
         "loss/D": d_loss.detach(), "loss/G": g_loss.detach(), "loss/penalty": penalty.detach(),
         "D/real": torch.sigmoid(real_logits.detach().float()).mean(),
         "D/fake": torch.sigmoid(fake_logits.detach().float()).mean(),
     })
-    return stats
-
-
+    return stats, finite
 @contextmanager
 def stop_requests():
     """SIGTERM and SIGINT set a flag that the loop checks between steps, so a run that is asked
@@ -252,132 +268,193 @@ def _autocast_factory(device: torch.device, precision: str):
     return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None) -> dict:
-    """Train as `cfg` says, writing into `run_dir`. Returns the final summary written to
-    status.json: status (ok | diverged | interrupted), step, final losses."""
-    tc = cfg.trainer
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    if ckpt_path.exists() and not cfg.resume:
-        raise UserError(
-            f"{run_dir} already holds a checkpoint. Pass resume=true to continue that run, or "
-            f"choose a new hydra.run.dir: a new run here would overwrite it."
-        )
-    for name in ("steps", "batch_size", "d_steps", "log_every", "sample_every", "checkpoint_every"):
-        if tc[name] < 1:
-            raise UserError(f"trainer.{name} must be at least 1, got {tc[name]}.")
-    device = resolve_device(tc.device)
-    saved = checkpoint.load(ckpt_path, device) if cfg.resume else None
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    if saved is not None:
-        differences = checkpoint.config_differences(saved["config"], config)
-        if differences:
-            raise UserError(
-                f"Cannot resume {run_dir}: the config differs from the one it was trained with in "
-                f"{'; '.join(differences)}. Resume with the original values (shown first), or start "
-                f"a new run in another hydra.run.dir."
-            )
+@dataclass
+class Session:
+    """A started run: what the loop, its logging and its checkpoints work with."""
 
+    cfg: DictConfig
+    run_dir: Path
+    config: dict  # the resolved config, saved with every checkpoint
+    status: RunStatus
+    data: object
+    gan: GAN
+    losses: Losses
+    evaluator: Evaluator
+    scalers: tuple
+    autocast: Callable
+    writer: SummaryWriter
+    reference_points: torch.Tensor | None
+    noise_horizon: int  # fixed at the first start: raising trainer.steps on resume keeps it
+    last: dict = field(default_factory=dict)  # the last logged scalars, at `last_step`
+    last_step: int = 0
+    metrics: dict = field(default_factory=dict)  # tag -> {"value", "step"}
+
+    @property
+    def generators(self) -> dict[str, torch.nn.Module]:
+        """The generators whose samples and metrics are logged, by tag suffix."""
+        ema = {"_ema": self.gan.ema.module} if self.gan.ema is not None else {}
+        return {"": self.gan.generator, **ema}
+
+
+def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | None,
+           config: dict, status: RunStatus, hparams: dict | None) -> Session:
+    tc = cfg.trainer
     seed_everything(cfg.seed)
     data = build(cfg.data, device=device)
     gan = build_gan(cfg, data, device)
-    losses = make_losses(cfg)
     reference_points = None if data.is_image else data.sample(
         tc.num_samples * POINTS_PER_IMAGE, generator=torch.Generator(device).manual_seed(cfg.seed))
-    if saved is not None:
+    fp16 = config["trainer"]["precision"] == "fp16"
+    scalers = (torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16))
+    saved = saved or {}
+    if saved:
         gan.load_state_dict(saved["gan"])
+        for scaler, state in zip(scalers, saved.get("scalers") or (), strict=False):
+            scaler.load_state_dict(state)  # fp16 resumes with the loss scale it had reached
         checkpoint.set_rng_state(saved["rng"])
         log.info("Resumed %s at step %d.", run_dir, gan.step)
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed)
-    objective = evaluator.objective(cfg.eval.objective)
-    maybe_compile(gan, cfg, data, device)
-    fp16 = config["trainer"]["precision"] == "fp16"
-    scalers = (torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16))
-    autocast = _autocast_factory(device, str(config["trainer"]["precision"]))
-
+    status.objective = evaluator.objective(cfg.eval.objective)
+    maybe_compile(gan, cfg, device)
     # Events up to the checkpoint's step were written before it; later ones are redone now.
-    writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved is not None else None)
-    # The generators whose samples and metrics are logged, by tag suffix.
-    generators = {"": gan.generator, **({"_ema": gan.ema.module} if gan.ema is not None else {})}
-    metric_tags = [f"metrics{suffix}/{name}" for suffix in generators for name in evaluator.names]
+    writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved else None)
+    session = Session(
+        cfg, run_dir, config, status, data, gan, make_losses(cfg), evaluator, scalers,
+        _autocast_factory(device, str(config["trainer"]["precision"])), writer, reference_points,
+        noise_horizon=saved.get("noise_horizon") or tc.instance_noise_steps or tc.steps,
+        last=saved.get("last", {}), last_step=saved.get("last_step", 0), metrics=saved.get("metrics", {}),
+    )
+    metric_tags = [f"metrics{suffix}/{name}" for suffix in session.generators for name in evaluator.names]
     log_hparams(writer, hparams or checkpoint.flatten(config), FINAL_METRICS + metric_tags)
-    checkpoint.write_json(run_dir / "status.json", {"status": "running", "step": gan.step})
+    log_layout(writer)
+    return session
 
-    def save_checkpoint():
-        checkpoint.save(ckpt_path, {"gan": gan.state_dict(), "rng": checkpoint.rng_state(), "config": config,
-                                    "data_shape": data.shape, "is_image": data.is_image})
-        checkpoint.write_json(run_dir / "status.json", {"status": "running", "step": gan.step})
 
-    def sample_now():
-        for suffix, g in generators.items():
-            tag = f"samples{suffix}"
-            was_training = g.training
-            g.eval()
-            with torch.no_grad():
-                fake = g(gan.fixed_noise)
-            g.train(was_training)
-            log_samples(writer, tag, fake, reference_points, gan.step,
-                        run_dir / tag / f"step_{gan.step:06d}.png")
+def save_checkpoint(s: Session) -> None:
+    checkpoint.save(checkpoint_path(s.run_dir), {
+        "gan": s.gan.state_dict(), "rng": checkpoint.rng_state(), "config": s.config,
+        "data_shape": s.data.shape, "is_image": s.data.is_image,
+        "scalers": [scaler.state_dict() for scaler in s.scalers], "noise_horizon": s.noise_horizon,
+        "last": s.last, "last_step": s.last_step, "metrics": s.metrics,
+    })
 
-    def evaluate_now() -> dict:
-        results = {f"metrics{suffix}/{k}": v for suffix, g in generators.items() for k, v in evaluator(g).items()}
-        for tag, value in results.items():
-            writer.add_scalar(tag, value, gan.step)
-        return results
 
-    status, last, metrics = "ok", {}, {}
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+def log_scalars(s: Session, stats: dict, noise_std: float) -> None:
+    s.last = {k: v.item() for k, v in stats.items()}
+    s.last.update({"lr/G": s.gan.opt_g.param_groups[0]["lr"], "lr/D": s.gan.opt_d.param_groups[0]["lr"]})
+    if noise_std > 0:
+        s.last["instance_noise/std"] = noise_std
+    s.last_step = s.gan.step
+    for tag, value in s.last.items():
+        if tag != "loss/penalty" or s.losses.penalty != "none":
+            s.writer.add_scalar(tag, value, s.gan.step)
+
+
+def sample_now(s: Session) -> None:
+    for suffix, g in s.generators.items():
+        tag = f"samples{suffix}"
+        was_training = g.training
+        g.eval()
+        with torch.no_grad():
+            fake = g(s.gan.fixed_noise)
+        g.train(was_training)
+        log_samples(s.writer, tag, fake, s.reference_points, s.gan.step,
+                    s.run_dir / tag / f"step_{s.gan.step:06d}.png")
+
+
+def evaluate_now(s: Session) -> None:
+    for suffix, g in s.generators.items():
+        for name, value in s.evaluator(g).items():
+            tag = f"metrics{suffix}/{name}"
+            s.writer.add_scalar(tag, value, s.gan.step)
+            s.metrics[tag] = {"value": value, "step": s.gan.step}
+
+
+def run_loop(s: Session, stop: threading.Event) -> str:
+    """Train up to trainer.steps, or until `stop` is set. Returns how the loop ended:
+    ok | diverged | interrupted."""
+    cfg, tc, gan = s.cfg, s.cfg.trainer, s.gan
+    nonfinite = torch.zeros((), dtype=torch.bool, device=gan.fixed_noise.device)
     bar = tqdm(total=tc.steps, initial=gan.step, disable=not tc.progress, dynamic_ncols=True, desc="train")
-    with stop_requests() as stop:
-        while gan.step < tc.steps:
-            noise_std = instance_noise_std(gan.step, tc.instance_noise, tc.instance_noise_steps or tc.steps)
-            measure = (gan.step + 1) % tc.log_every == 0 or gan.step + 1 == tc.steps
-            stats = train_step(gan, data, losses, tc, noise_std, scalers, autocast, measure)
-            # Accumulated on the device; read only when logging, so the step never syncs.
-            nonfinite |= ~(torch.isfinite(stats["loss/D"]) & torch.isfinite(stats["loss/G"]))
-            bar.update(1)
-            at_checkpoint = gan.step % tc.checkpoint_every == 0 or gan.step == tc.steps
-            if measure or at_checkpoint or stop.is_set():
-                if nonfinite.item():
-                    status = "diverged"
-                    log.error("Non-finite loss by step %d: stopping; the last good checkpoint is kept.", gan.step)
-                    break
-            if measure:
-                last = {k: v.item() for k, v in stats.items()}
-                last.update({"lr/G": gan.opt_g.param_groups[0]["lr"], "lr/D": gan.opt_d.param_groups[0]["lr"]})
-                if noise_std > 0:
-                    last["instance_noise/std"] = noise_std
-                for tag, value in last.items():
-                    if tag != "loss/penalty" or losses.penalty != "none":
-                        writer.add_scalar(tag, value, gan.step)
-                bar.set_postfix(D=f"{last['loss/D']:.3f}", G=f"{last['loss/G']:.3f}",
-                                Dx=f"{last['D/real']:.2f}", DGz=f"{last['D/fake']:.2f}")
-            if gan.step % tc.sample_every == 0 or gan.step == tc.steps:
-                sample_now()
-            if evaluator.enabled and (gan.step == tc.steps or cfg.eval.every and gan.step % cfg.eval.every == 0):
-                metrics = evaluate_now()
-            if at_checkpoint or stop.is_set():
-                save_checkpoint()
-            if stop.is_set():
-                status = "interrupted"
-                log.warning("Stop requested: checkpoint written at step %d.", gan.step)
-                break
+    outcome = "ok"
+    while gan.step < tc.steps:
+        noise_std = instance_noise_std(gan.step, tc.instance_noise, s.noise_horizon)
+        measure = (gan.step + 1) % tc.log_every == 0 or gan.step + 1 == tc.steps
+        stats, finite = train_step(gan, s.data, s.losses, tc, noise_std, s.scalers, s.autocast, measure)
+        nonfinite |= ~finite  # read only when logging, so the step never syncs
+        bar.update(1)
+        at_checkpoint = gan.step % tc.checkpoint_every == 0 or gan.step == tc.steps
+        if (measure or at_checkpoint or stop.is_set()) and nonfinite.item():
+            log.error("Non-finite loss by step %d: stopping; the last good checkpoint is kept.", gan.step)
+            outcome = "diverged"
+            break
+        if measure:
+            log_scalars(s, stats, noise_std)
+            bar.set_postfix(D=f"{s.last['loss/D']:.3f}", G=f"{s.last['loss/G']:.3f}",
+                            Dx=f"{s.last['D/real']:.2f}", DGz=f"{s.last['D/fake']:.2f}")
+        if gan.step % tc.sample_every == 0 or gan.step == tc.steps:
+            sample_now(s)
+        if s.evaluator.enabled and (gan.step == tc.steps or cfg.eval.every and gan.step % cfg.eval.every == 0):
+            evaluate_now(s)
+        if at_checkpoint or stop.is_set():
+            save_checkpoint(s)
+            s.status.running(gan.step)
+        if stop.is_set() and gan.step < tc.steps:
+            log.warning("Stop requested: checkpoint written at step %d.", gan.step)
+            outcome = "interrupted"
+            break
     bar.close()
+    return outcome
 
-    summary = {"status": status, "step": gan.step}
-    if status != "diverged" and last:
-        summary.update({"final/loss_D": last["loss/D"], "final/loss_G": last["loss/G"]})
+
+def finish(s: Session, outcome: str) -> dict:
+    """Write the run's results, each metric with the step it was measured at, and its status."""
+    step = s.gan.step
+    measured_now = any(v["step"] == step for k, v in s.metrics.items() if k.startswith("metrics"))
+    if outcome == "ok" and s.evaluator.enabled and not measured_now:
+        evaluate_now(s)  # resumed from a checkpoint written at the last step, before its evaluation
+    if outcome == "ok" and s.last:
         for tag in FINAL_METRICS:
-            writer.add_scalar(tag, summary[tag], gan.step)
-        summary.update(metrics)
-        checkpoint.write_json(run_dir / "metrics.json", {"step": gan.step, **evaluator.info, **metrics})
-    summary["objective"] = objective
-    summary["value"] = summary.get(f"metrics/{objective}", summary.get(f"final/{objective}", math.nan))
-    writer.close()
-    checkpoint.write_json(run_dir / "status.json", summary)
-    return summary
+            s.metrics[tag] = {"value": s.last[tag.replace("final/loss_", "loss/")], "step": s.last_step}
+            s.writer.add_scalar(tag, s.metrics[tag]["value"], step)
+    s.writer.close()
+    checkpoint.write_json(s.run_dir / "metrics.json",
+                          {"status": outcome, "step": step, **s.evaluator.info, "metrics": s.metrics})
+    return s.status.end(outcome, step, s.metrics)
 
 
-def final_value(summary: dict) -> float:
-    """What the runner returns to Hydra (and so to a sweeper): the value of eval.objective."""
-    return float(summary.get("value", math.nan))
+def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None,
+          on_start: Callable[[], None] | None = None) -> dict:
+    """Train as `cfg` says, writing into `run_dir`; returns what status.json says at the end.
+
+    A start that `check_start` refuses raises StartRefused with the run dir untouched. After
+    the start (and `on_start`, which the runner uses to record the config), any error leaves
+    status `failed` and is raised again."""
+    run_dir = Path(run_dir)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    saved = check_start(cfg, run_dir, config)
+    device = resolve_device(cfg.trainer.device)
+    if on_start is not None:
+        on_start()
+    status = RunStatus(run_dir, cfg.trainer.steps)
+    step = saved["gan"]["step"] if saved else 0
+    status.running(step)
+    session = None
+    try:
+        # From here on a signal means: stop at the next step boundary, with a checkpoint.
+        with stop_requests() as stop:
+            session = set_up(cfg, run_dir, device, saved, config, status, hparams)
+            return finish(session, run_loop(session, stop))
+    except BaseException as error:
+        if session is not None:
+            step = session.gan.step
+            session.writer.close()
+        status.failed(step, error)
+        raise
+
+
+def final_value(summary: dict) -> float | None:
+    """What the runner returns to Hydra (and so to a sweeper): the objective's value, or None
+    for a run that did not finish with one, which sweepers such as Optuna record as failed."""
+    value = summary.get("value")
+    return float(value) if value is not None else None

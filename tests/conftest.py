@@ -18,7 +18,7 @@ register_configs()
 # Small enough for a 2-core CPU: a few steps of tiny networks on 8x8 digits.
 EVAL_CACHE = tempfile.mkdtemp(prefix="gan-experiments-test-cache-")
 TINY = [
-    f"eval.cache_dir={EVAL_CACHE}", "eval.classifier_steps=200", "eval.num_samples=200",
+    "data=digits", f"eval.cache_dir={EVAL_CACHE}", "eval.classifier_steps=200", "eval.num_samples=200",
     "trainer.steps=4", "trainer.batch_size=8", "trainer.log_every=2", "trainer.sample_every=2",
     "trainer.checkpoint_every=2", "trainer.num_samples=8", "trainer.progress=false",
 ]
@@ -90,3 +90,28 @@ def read_events(run_dir: Path):
     accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
     accumulator.Reload()
     return accumulator
+
+
+class StopAfter:
+    """A generator loss that asks its own process to stop (SIGTERM, as a scheduler would)
+    after `calls` calls: an interruption at a known step."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def __call__(self, fake_logits):
+        import os
+        import signal
+
+        import torch.nn.functional as F
+
+        self.calls -= 1
+        if self.calls == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return F.softplus(-fake_logits).mean()
+
+
+def tree_snapshot(folder: Path) -> dict:
+    """Every file under `folder` with its bytes and modification time."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}

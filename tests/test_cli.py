@@ -37,14 +37,15 @@ def test_misspelt_key_in_a_users_yaml_fails_at_composition(tmp_path):
     assert "Key 'g_widht' not in 'DCGANConfig'" in result.stderr
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["data=mnist", "data.root=nowhere"], "data.download=true"),
-    (["data.image_size=20"], "data.image_size"),
-    (["data=folder", "data.path=empty"], "ImageFolder layout"),
-    (["resume=true"], "no checkpoint at"),
-    (["trainer.device=cuda:0"], "trainer.device=auto"),
+@pytest.mark.parametrize("args,expected,status", [
+    (["data=mnist", "data.root=nowhere"], "data.download=true", "failed"),
+    (["data.image_size=20"], "data.image_size", "failed"),
+    (["data=folder", "data.path=empty"], "ImageFolder layout", "failed"),
+    (["resume=true"], "no checkpoint at", None),  # refused starts write nothing
+    (["trainer.device=cuda:0"], "trainer.device=auto", None),
+    (["trainer.steps=0"], "trainer.steps must be at least 1", None),
 ])
-def test_bad_input_gets_one_paragraph_not_a_traceback(tmp_path, args, expected):
+def test_bad_input_gets_one_paragraph_not_a_traceback(tmp_path, args, expected, status):
     (tmp_path / "empty").mkdir()
     result = run_cli(*FAST, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     if args[0].startswith("trainer.device") and torch.cuda.is_available():
@@ -54,7 +55,12 @@ def test_bad_input_gets_one_paragraph_not_a_traceback(tmp_path, args, expected):
     assert expected in result.stderr
     paragraph = result.stderr.strip().split("Error: ", 1)[1]
     assert "\n" not in paragraph
-    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+    if status is None:
+        assert "Nothing was written" in result.stderr
+        assert not (tmp_path / "run" / "status.json").exists()
+        assert not (tmp_path / "run" / ".hydra").exists()
+    else:
+        assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == status
 
 
 def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(tmp_path):

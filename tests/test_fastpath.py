@@ -24,7 +24,7 @@ def test_in_memory_data_lives_on_the_device_as_uint8():
 def test_autocast_trains_finitely(tmp_path, precision, model, extra):
     summary = train(tiny_cfg(f"trainer.precision={precision}", *extra, model=model), tmp_path)
     assert summary["status"] == "ok"
-    assert math.isfinite(summary["final/loss_D"]) and math.isfinite(summary["final/loss_G"])
+    assert math.isfinite(summary["metrics"]["final/loss_D"]["value"]) and math.isfinite(summary["metrics"]["final/loss_G"]["value"])
 
 
 def test_channels_last_and_fused_adam_are_used(tmp_path):
@@ -41,7 +41,7 @@ def test_channels_last_and_fused_adam_are_used(tmp_path):
 def test_compiled_steps_train(tmp_path):
     # The eager backend runs TorchDynamo's capture without a C++ build: quick on any CPU.
     summary = train(tiny_cfg("trainer.compile=true", "trainer.compile_backend=eager"), tmp_path)
-    assert summary["status"] == "ok" and math.isfinite(summary["final/loss_G"])
+    assert summary["status"] == "ok" and math.isfinite(summary["metrics"]["final/loss_G"]["value"])
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["gan"]["generator"]
     assert not any(k.startswith("_orig_mod") for k in state)  # checkpoints stay loadable uncompiled
 

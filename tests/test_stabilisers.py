@@ -37,7 +37,7 @@ STABILISERS = {
 def test_every_loss_and_stabiliser_trains_finitely(tmp_path, loss, stabiliser):
     summary = train(tiny_cfg(f"loss={loss}", *STABILISERS[stabiliser]), tmp_path)
     assert summary["status"] == "ok"
-    assert math.isfinite(summary["final/loss_D"]) and math.isfinite(summary["final/loss_G"])
+    assert math.isfinite(summary["metrics"]["final/loss_D"]["value"]) and math.isfinite(summary["metrics"]["final/loss_G"]["value"])
 
 
 def setup(*overrides, model="mlp"):
@@ -49,7 +49,8 @@ def setup(*overrides, model="mlp"):
 
 def step(cfg, data, gan, losses, noise_std=0.0):
     scalers = (torch.amp.GradScaler("cpu", enabled=False),) * 2
-    return train_step(gan, data, losses, cfg.trainer, noise_std, scalers, contextlib.nullcontext, True)
+    stats, _ = train_step(gan, data, losses, cfg.trainer, noise_std, scalers, contextlib.nullcontext, True)
+    return stats
 
 
 def test_instance_noise_schedule():

@@ -2,10 +2,14 @@
 
 import csv
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,7 +19,7 @@ from conftest import CONF, TINY, TINY_MODEL
 from gan_experiments.sweep import gpus_per_job, job_dirname
 
 
-def sweep(*args, cwd, preset=(), timeout=300):
+def sweep(*args, cwd, preset=(), timeout=300, env=None):
     """A sweep of tiny ring jobs; the tiny settings come from a preset in a user config dir,
     as a researcher would keep them, so job folders are named by the swept values alone."""
     preset_file = cwd / "my_conf" / "experiment" / "tiny_ring.yaml"
@@ -23,12 +27,14 @@ def sweep(*args, cwd, preset=(), timeout=300):
     preset_file.write_text(_nest([*TINY, *TINY_MODEL["mlp"], *preset]))
     return subprocess.run(
         [sys.executable, "-m", "gan_experiments", "-m", "--config-dir", str(cwd / "my_conf"),
-         "+experiment=tiny_ring", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+         "+experiment=tiny_ring", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _nest(settings):
     tree = {}
     for override in settings:
+        if override.startswith("data="):  # the preset's own defaults choose the data
+            continue
         key, value = override.split("=", 1)
         *parents, leaf = key.split(".")
         node = tree
@@ -49,8 +55,8 @@ def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tm
     args = ["model.latent_dim=8,-1", f"hydra.sweep.dir={sweep_dir}"]
     result = sweep(*args, cwd=tmp_path, preset=["trainer.steps=300"])
     assert result.returncode == 0, result.stderr
-    good = sweep_dir / "+experiment=tiny_ring,model.latent_dim=8"
-    bad = sweep_dir / "+experiment=tiny_ring,model.latent_dim=-1"
+    # Folders are named by what varies; the constant preset stays in multirun.yaml.
+    good, bad = sweep_dir / "model.latent_dim=8", sweep_dir / "model.latent_dim=-1"
     table = status_table(sweep_dir)
     assert {k.split()[-1]: row["status"] for k, row in table.items()} == {
         "model.latent_dim=8": "ok", "model.latent_dim=-1": "failed"}
@@ -105,13 +111,24 @@ def test_submitit_local_executor_runs_a_job(tmp_path):
     assert result.returncode == 0, result.stderr
     assert {row["status"] for row in status_table(sweep_dir).values()} == {"ok"}
     assert len(status_table(sweep_dir)) == 2
+    assert sorted(d.name for d in sweep_dir.iterdir() if d.is_dir()) == [".submitit", "seed=0", "seed=1"]
 
 
-def test_job_dirnames_are_one_safe_path_part():
-    assert job_dirname("loss=smooth,seed=1") == "loss=smooth,seed=1"
-    assert "/" not in job_dirname("data.root=/mnt/data,seed=1")
-    long_a, long_b = job_dirname("x=" + "a" * 300), job_dirname("x=" + "a" * 299 + "b")
+def test_job_dirnames_name_what_varies_in_one_safe_path_part(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["+experiment=x", "loss=bce,smooth", "data.root=/mnt/d", "x=range(2)"]},
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"seed": "0,1", "model.pack": "2"}}}}))
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    job = ["+experiment=x", "loss=smooth", "data.root=/mnt/d", "x=1", "seed=1", "model.pack=2"]
+    assert job_dirname(job, str(tmp_path), basic, 3) == "loss=smooth,seed=1,x=1"
+    assert job_dirname(["a=1"], str(tmp_path / "none"), basic, 0) == "a=1"  # nothing swept
+    assert "/" not in job_dirname(["data.root=/mnt/data"], str(tmp_path / "none"), basic, 0)
+    long_a = job_dirname(["x=" + "a" * 300], str(tmp_path / "none"), basic, 0)
+    long_b = job_dirname(["x=" + "a" * 299 + "b"], str(tmp_path / "none"), basic, 0)
     assert len(long_a) == 150 and long_a != long_b
+    optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert job_dirname(["optimizer.g.lr=0.001"], str(tmp_path), optuna, 7) == "trial=7"
 
 
 def test_gpu_share_packs_jobs():
@@ -133,11 +150,84 @@ def test_presets_define_the_seeds_comparison(preset):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
-def test_optuna_preset_optimises_the_returned_objective(tmp_path):
+def test_optuna_study_survives_failing_and_diverging_trials(tmp_path):
+    """A search space with a region that fails (pack 3 does not divide batch 8) and one that
+    diverges: every trial runs, those are recorded as failed, the best finished one reported."""
     sweep_dir = tmp_path / "sweep"
-    result = sweep("hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
-                   f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    nan_loss = tmp_path / "my_conf" / "loss" / "nan_after.yaml"
+    nan_loss.parent.mkdir(parents=True)
+    nan_loss.write_text(
+        "defaults: [loss_schema]\n"
+        "discriminator: {_target_: gan_experiments.losses.bce_discriminator, _partial_: true}\n"
+        "generator: {_target_: conftest.NanAfter, calls: 1}\n")
+    (tmp_path / "my_conf" / "hparams_search").mkdir()
+    (tmp_path / "my_conf" / "hparams_search" / "risky.yaml").write_text(
+        "# @package _global_\ndefaults: [optuna]\n"
+        "hydra: {sweeper: {n_trials: 8, n_jobs: 4, params: {loss: 'choice(nonsat, nan_after)', "
+        "model.pack: 'choice(1, 3)'}}}\n")
+    result = sweep("hparams_search=risky", "hydra/launcher=basic", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
     assert result.returncode == 0, result.stderr
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    values = [float(row["value"]) for row in status_table(sweep_dir).values()]
-    assert len(values) == 2 and best["best_value"] == pytest.approx(min(values))
+    rows = status_table(sweep_dir)
+    assert len(rows) == 8 and {r["status"] for r in rows.values()} == {"ok", "failed", "diverged"}
+    assert sorted(d.name for d in sweep_dir.glob("trial=*")) == sorted(f"trial={i}" for i in range(8))
+    study = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    finished = [float(r["value"]) for r in rows.values() if r["status"] == "ok"]
+    assert study["best_value"] == pytest.approx(min(finished))
+    assert all(r["value"] == "" for r in rows.values() if r["status"] != "ok")  # strict CSV
+
+
+def test_a_refused_job_is_no_job_of_the_table(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = sweep("hydra/launcher=basic", "trainer.steps=0,4", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "start refused: trainer.steps must be at least 1" in result.stdout
+    assert list(status_table(sweep_dir)) == ["+experiment=tiny_ring trainer.steps=4"]
+    assert not (sweep_dir / "trainer.steps=0" / "status.json").exists()
+    assert "Not started (start refused" in result.stdout and "trainer.steps=0" in result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_joins_an_existing_ray_cluster(tmp_path):
+    port = _free_port()
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120, cwd=tmp_path)
+    try:
+        sweep_dir = tmp_path / "sweep"
+        # `auto`, as on a cluster node: the address `ray start` recorded on this machine.
+        result = sweep("seed=0,1", "hydra.launcher.ray.init.address=auto",
+                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert [r["status"] for r in status_table(sweep_dir).values()] == ["ok", "ok"]
+    finally:
+        subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
+    """Ray with two logical GPUs on this CPU machine: six jobs at jobs_per_gpu=2 (half a GPU
+    each) must use both GPU ids, and never more than two jobs on one at a time."""
+    sweep_dir = tmp_path / "sweep"
+    result = sweep("seed=range(6)", "+hydra.launcher.ray.init.num_gpus=2",
+                   "+hydra.launcher.ray.init.num_cpus=8", "hydra.launcher.ray.remote.num_gpus=0.5",
+                   f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                   preset=["trainer.steps=200", "trainer.sample_every=1000", "trainer.log_every=50",
+                           "trainer.checkpoint_every=1000", "eval.every=0"])
+    assert result.returncode == 0, result.stderr
+    jobs = [json.loads(p.read_text()) for p in sweep_dir.glob("seed=*/status.json")]
+    assert len(jobs) == 6 and {j["status"] for j in jobs} == {"ok"}
+    by_gpu = {}
+    for job in jobs:
+        by_gpu.setdefault(job["cuda_visible_devices"], []).append(
+            (datetime.fromisoformat(job["started"]), datetime.fromisoformat(job["ended"])))
+    assert sorted(by_gpu) == ["0", "1"]
+    for spans in by_gpu.values():
+        for start, _ in spans:  # jobs running on this GPU when this one started
+            assert sum(s <= start < e for s, e in spans) <= 2
+    assert max(sum(s <= start < e for s, e in spans) for spans in by_gpu.values() for start, _ in spans) == 2

@@ -18,7 +18,7 @@ LOSSES = ["bce", "nonsat", "smooth", "hinge", "lsgan", "wgan", "wgan_gp"]
 def test_each_model_and_loss_trains(tmp_path, model, data, loss):
     summary = train(tiny_cfg(f"data={data}", f"loss={loss}", model=model), tmp_path)
     assert summary["status"] == "ok" and summary["step"] == 4
-    assert all(torch.isfinite(torch.tensor(summary[k])) for k in ("final/loss_D", "final/loss_G"))
+    assert all(torch.isfinite(torch.tensor(summary["metrics"][k]["value"])) for k in ("final/loss_D", "final/loss_G"))
     assert json.loads((tmp_path / "status.json").read_text()) == summary
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
     assert (tmp_path / "samples" / "step_000004.png").is_file()

@@ -1,0 +1,178 @@
+"""The sweep report on fake sweeps written as real files: status.json, .hydra/, TensorBoard
+event files and sample PNGs, as a sweep leaves them."""
+
+import csv
+import json
+import re
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import save_image
+
+from gan_experiments import report
+
+PACGAN_REFERENCE = {
+    "source": "Lin et al. 2018, PacGAN, Table 1 (10 runs per row)",
+    "runs": 10,
+    "row_key": "model.pack",
+    "rows": {
+        1: {"label": "GAN", "metrics": {"modes": [6.3, 0.5], "reverse_kl": [0.45, 0.05]}},
+        2: {"label": "PacGAN2", "metrics": {"modes": [7.9, 0.1], "reverse_kl": [0.1, None]}},
+    },
+}
+LUCIC_REFERENCE = {
+    "source": "Lucic et al. 2018, Are GANs Created Equal?",
+    "claim": "NS beats MM in FID",
+    "better": "loss=nonsat",
+    "worse": "loss=bce",
+    "metric": "fid_classifier",
+}
+
+
+def write_run(sweep, overrides, status, objective="fid_classifier", metrics=None, config=None,
+              curves=None, samples=False):
+    """One job folder. `metrics`: name -> value (tagged metrics/<name>); `curves`: tag -> values
+    logged at steps 0, 10, 20, ..."""
+    run = sweep / ",".join(overrides)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or {"seed": 0}))
+    tagged = {f"metrics/{k}": {"value": v, "step": 20} for k, v in (metrics or {}).items()}
+    value = (metrics or {}).get(objective) if status == "ok" else None
+    (run / "status.json").write_text(json.dumps({
+        "status": status, "step": 20, "steps": 20, "objective": objective, "value": value,
+        "metrics": tagged}))
+    if curves:
+        with SummaryWriter(run) as writer:
+            for tag, values in curves.items():
+                for i, v in enumerate(values):
+                    writer.add_scalar(tag, v, 10 * i)
+    if samples:
+        (run / "samples").mkdir()
+        for step in (10, 20):
+            save_image(torch.rand(16, 1, 8, 8), run / "samples" / f"step_{step:06d}.png", nrow=4)
+    return run
+
+
+def run_report(sweep, capsys) -> str:
+    report.main([str(sweep)])
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def loss_sweep(tmp_path):
+    """2 losses x 2 ok seeds, plus an interrupted and a diverged run whose numbers must not
+    count. The seeds log at different steps, as resumed runs do."""
+    fid = {("nonsat", 0): 10.0, ("nonsat", 1): 20.0, ("bce", 0): 40.0, ("bce", 1): 44.0}
+    for (loss, seed), value in fid.items():
+        losses = [1.0 + seed, 0.8, 0.7] if seed == 0 else [1.2, 0.9, 0.6, 0.5]
+        write_run(tmp_path, ["+experiment=loss_study", f"loss={loss}", f"seed={seed}"], "ok",
+                  metrics={"fid_classifier": value, "class_coverage": 10},
+                  curves={"loss/D": losses, "loss/G": losses[::-1],
+                          "metrics/fid_classifier": [90.0, value]},
+                  samples=True)
+    write_run(tmp_path, ["+experiment=loss_study", "loss=nonsat", "seed=2"], "interrupted",
+              metrics={"fid_classifier": 1000.0}, curves={"loss/D": [5.0, 5.0]}, samples=True)
+    write_run(tmp_path, ["+experiment=loss_study", "loss=bce", "seed=2"], "diverged")
+    return tmp_path
+
+
+def test_only_ok_runs_are_averaged_the_rest_counted_apart(loss_sweep, capsys):
+    printed = run_report(loss_sweep, capsys)
+    assert "Every run has +experiment=loss_study." in printed  # said once, not in each name
+    assert "| loss=nonsat | 15 ± 7.1 (2) | 2 | 1 | 0 | 0 | 0 |" in printed
+    assert "| loss=bce | 42 ± 2.8 (2) | 2 | 0 | 1 | 0 | 0 |" in printed
+    assert printed.index("loss=nonsat") < printed.index("loss=bce")  # lower FID first
+    text = (loss_sweep / "report.csv").read_text()
+    assert "nan" not in text.lower()
+    rows = {r["config"]: r for r in csv.DictReader(text.splitlines())}
+    nonsat = rows["loss=nonsat"]
+    assert float(nonsat["value_mean"]) == pytest.approx(15.0)  # not (10 + 20 + 1000) / 3
+    assert float(nonsat["metrics/fid_classifier_mean"]) == pytest.approx(15.0)
+    assert (nonsat["ok"], nonsat["interrupted"], nonsat["value_n"]) == ("2", "1", "2")
+    assert rows["loss=bce"]["diverged"] == "1"
+
+
+def test_missing_values_are_empty_csv_cells(tmp_path, capsys):
+    write_run(tmp_path, ["loss=bce", "seed=0"], "ok", metrics={"fid_classifier": 3.0})
+    write_run(tmp_path, ["loss=hinge", "seed=0"], "failed")
+    run_report(tmp_path, capsys)
+    text = (tmp_path / "report.csv").read_text()
+    assert "nan" not in text.lower()
+    hinge = next(r for r in csv.DictReader(text.splitlines()) if r["config"] == "loss=hinge")
+    assert hinge["value_mean"] == hinge["value_std"] == "" and hinge["failed"] == "1"
+
+
+def test_figures_are_written_embedded_and_wide(loss_sweep, capsys):
+    run_report(loss_sweep, capsys)
+    markdown = (loss_sweep / "report.md").read_text()
+    for name in ("report_curves.png", "report_objective.png", "report_samples.png"):
+        assert f"]({name})" in markdown
+        assert Image.open(loss_sweep / name).width >= 800
+    page = (loss_sweep / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "<table>" in page and "15 ± 7.1 (2)" in page
+    # Self-contained: nothing else is fetched, whatever folder the page is opened from.
+    assert not re.search(r'(src|href)="(?!data:)', page) and ".png" not in page
+
+
+def test_a_sweep_without_events_or_samples_says_what_it_skipped(tmp_path, capsys):
+    write_run(tmp_path, ["loss=bce", "seed=0"], "ok", metrics={"fid_classifier": 3.0})
+    (tmp_path / "report_curves.png").write_bytes(b"from an older report")
+    printed = run_report(tmp_path, capsys)
+    assert "No learning curves" in printed and "No sample grids" in printed
+    assert not (tmp_path / "report_curves.png").exists()
+    assert (tmp_path / "report_objective.png").is_file()
+
+
+def test_paper_reference_table(tmp_path, capsys):
+    config = {"reference": PACGAN_REFERENCE, "seed": 0}
+    ours = {1: [(6.0, 0.40), (6.4, 0.50)], 2: [(5.0, 0.06), (5.2, 0.08)]}  # (modes, reverse_kl)
+    for pack, seeds in ours.items():
+        for seed, (modes, kl) in enumerate(seeds):
+            write_run(tmp_path, [f"model.pack={pack}", f"seed={seed}"], "ok", "reverse_kl",
+                      metrics={"modes": modes, "reverse_kl": kl},
+                      config={**config, "model": {"pack": pack}})
+    write_run(tmp_path, ["model.pack=4", "seed=0"], "ok", "reverse_kl",
+              metrics={"modes": 8.0, "reverse_kl": 0.0}, config={**config, "model": {"pack": 4}})
+    write_run(tmp_path, ["model.pack=2", "seed=2"], "diverged", config={**config, "model": {"pack": 2}})
+    printed = run_report(tmp_path, capsys)
+    assert "## Against the paper" in printed and "Lin et al. 2018, PacGAN" in printed
+    # pack=1: |6.2 - 6.3| = 0.1 <= 2 * sqrt(0.283²/2 + 0.5²/10) = 0.52
+    assert re.search(r"\| model.pack=1 \| GAN \| modes \| 6.2 ± 0.28 \(2\) \| 6.3 ± 0.5 \| "
+                     r"within 2 SE", printed)
+    # pack=2: |5.1 - 7.9| = 2.8 > 2 * sqrt(0.141²/2 + 0.1²/10) = 0.23
+    assert re.search(r"\| model.pack=2 \| PacGAN2 \| modes \| 5.1 ± 0.14 \(2\) \| 7.9 ± 0.1 \| "
+                     r"outside 2 SE", printed)
+    # A paper std of null leaves our SE alone: |0.07 - 0.1| = 0.03 > 2 * 0.0141 / sqrt(2) = 0.02
+    assert re.search(r"\| model.pack=2 \| PacGAN2 \| reverse_kl \| 0.07 ± 0.014 \(2\) \| 0.1 \| "
+                     r"outside 2 SE", printed)
+    assert "none for model.pack=4" in printed
+    assert "Against the paper" in (tmp_path / "report.html").read_text()
+
+
+def test_paper_reference_with_one_run_gives_no_verdict(tmp_path, capsys):
+    write_run(tmp_path, ["model.pack=1", "seed=0"], "ok", "reverse_kl",
+              metrics={"modes": 6.0, "reverse_kl": 0.4},
+              config={"reference": PACGAN_REFERENCE, "model": {"pack": 1}})
+    assert "n=1, no verdict" in run_report(tmp_path, capsys)
+
+
+@pytest.mark.parametrize("bce_fid, expected", [
+    ((40.0, 44.0), "Ours agrees: loss=nonsat 15 ± 7.1 (2) vs loss=bce 42 ± 2.8 (2) in "
+                   "fid_classifier (lower is better); the difference -27 is beyond 2 SE"),
+    ((12.0, 14.0), "Ours disagrees: loss=nonsat 15 ± 7.1 (2) vs loss=bce 13 ± 1.4 (2) in "
+                   "fid_classifier (lower is better); the difference +2 is not beyond 2 SE"),
+])
+def test_ordering_claim(tmp_path, capsys, bce_fid, expected):
+    values = {"nonsat": (10.0, 20.0), "bce": bce_fid}
+    for loss, fids in values.items():
+        for seed, fid in enumerate(fids):
+            write_run(tmp_path, [f"loss={loss}", f"seed={seed}"], "ok",
+                      metrics={"fid_classifier": fid}, config={"reference": LUCIC_REFERENCE})
+    printed = run_report(tmp_path, capsys)
+    assert 'Lucic et al. 2018, Are GANs Created Equal?: "NS beats MM in FID".' in printed
+    assert expected in printed
