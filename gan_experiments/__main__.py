@@ -29,7 +29,9 @@ def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> dict:
     """What the HPARAMS tab compares, in the order its columns show: the swept values first,
     then the chosen config options, then every other setting."""
     flat = checkpoint.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    settings = {k: v for k, v in flat.items() if not k.endswith(("_target_", "_partial_"))}
+    # A preset's published numbers are no setting of the run.
+    settings = {k: v for k, v in flat.items()
+                if not k.endswith(("_target_", "_partial_")) and not k.startswith("reference.")}
     groups = {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
     varied = {k: groups.get(k, settings.get(k)) for k in sorted(swept) if k in groups or k in settings}
     return {**varied, **groups, **settings}

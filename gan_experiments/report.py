@@ -150,15 +150,24 @@ def beyond_2se(difference: float, se: float) -> bool:
     return abs(difference) > 2 * se
 
 
-def paper_verdict(ours: Stat | None, paper_mean: float, paper_std: float | None,
-                  paper_runs: int | None) -> str:
-    """Is our mean within 2 standard errors of the paper's? The SE combines both sides' spread."""
+def paper_se(spread: float | None, reference: dict) -> float | None:
+    """The standard error of a paper's mean. Papers print ± as a std over `runs` runs, or as
+    the standard error itself (`spread: se`, as in PacGAN's Table 1)."""
+    if spread is None:
+        return None
+    if reference.get("spread", "std") == "se":
+        return spread
+    return spread / math.sqrt(reference.get("runs") or 1)
+
+
+def paper_verdict(ours: Stat | None, paper_mean: float, paper_error: float | None) -> str:
+    """Is our mean within 2 standard errors of the paper's? The SE of the difference combines
+    our spread over n runs with the paper's standard error."""
     if ours is None:
         return "no ok runs"
     if ours.n < 2:
         return "n=1, no verdict"
-    paper_var = paper_std**2 / paper_runs if paper_std is not None and paper_runs else 0.0
-    se = math.sqrt(ours.std**2 / ours.n + paper_var)
+    se = math.sqrt(ours.std**2 / ours.n + (paper_error or 0.0) ** 2)
     difference = ours.mean - paper_mean
     side = "outside" if beyond_2se(difference, se) else "within"
     return f"{side} 2 SE (Δ = {difference:+.3g}, SE = {se:.2g})"
@@ -179,9 +188,9 @@ def paper_table(rows: list[Row], reference: dict) -> Table:
             ours = row.metrics.get(f"metrics/{name}")
             paper_cell = f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
             cells.append([row.config, paper.get("label", str(key)), name, fmt(ours), paper_cell,
-                          paper_verdict(ours, mean, std, reference.get("runs"))])
-    return Table(["config", "paper row", "metric", "ours: mean ± std (n)", "paper: mean ± std",
-                  "verdict"], cells)
+                          paper_verdict(ours, mean, paper_se(std, reference))])
+    return Table(["config", "paper row", "metric", "ours: mean ± std (n)",
+                  f"paper: mean ± {reference.get('spread', 'std')}", "verdict"], cells)
 
 
 def ordering_sentence(rows: list[Row], reference: dict) -> str:

@@ -14,7 +14,7 @@ OPTIONS = {group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 def test_default_config():
     cfg = make_cfg()
-    assert cfg.data._target_ == "gan_experiments.data.digits"
+    assert cfg.data._target_ == "gan_experiments.data.mnist_5k" and cfg.data.image_size is None  # 28x28
     assert cfg.model._target_ == "gan_experiments.models.dcgan.build"
     assert cfg.optimizer.g.lr == cfg.optimizer.d.lr == 2e-4
     assert list(cfg.optimizer.g.betas) == [0.5, 0.999]

