@@ -15,6 +15,7 @@ from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import StartRefused
+from gan_experiments.summaries import HParams
 from gan_experiments.sweep import prepare_job, quiet_console, release_gpu_memory, swept_keys
 from gan_experiments.train import final_value, train
 
@@ -25,16 +26,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 register_configs()
 
 
-def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> dict:
-    """What the HPARAMS tab compares, in the order its columns show: the swept values first,
-    then the chosen config options, then every other setting."""
+def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> HParams:
+    """What the HPARAMS tab compares: the swept values and the chosen config options lead,
+    then every other setting."""
     flat = checkpoint.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     # A preset's published numbers are no setting of the run.
     settings = {k: v for k, v in flat.items()
                 if not k.endswith(("_target_", "_partial_")) and not k.startswith("reference.")}
     groups = {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
     varied = {k: groups.get(k, settings.get(k)) for k in sorted(swept) if k in groups or k in settings}
-    return {**varied, **groups, **settings}
+    return HParams({**varied, **groups, **settings}, leading=(*varied, *groups))
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:

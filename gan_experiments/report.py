@@ -229,8 +229,10 @@ def reference_section(rows: list[Row]) -> tuple[str, list] | None:
         return None
     if "claim" in reference:
         return "Against the paper", [ordering_sentence(rows, reference)]
+    paper_term = ("(paper SE)²" if reference.get("spread") == "se"
+                  else f"paper std²/{reference.get('runs')}")
     source = (f"Source: {reference['source']}. Paper rows picked by {reference['row_key']}; "
-              f"SE = sqrt(our std²/n + paper std²/{reference.get('runs')}).")
+              f"SE = sqrt(our std²/n + {paper_term}).")
     return "Against the paper", [source, paper_table(rows, reference)]
 
 

@@ -1,6 +1,7 @@
 """What a run shows in TensorBoard and under samples/: image grids, 2D scatter plots, hparams."""
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -10,6 +11,7 @@ matplotlib.use("Agg")  # runs are headless; no display is ever needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
@@ -63,12 +65,28 @@ def hparam_value(value):
     return str(value)
 
 
-def log_hparams(writer: SummaryWriter, params: dict, metric_names: list[str]) -> None:
+@dataclass
+class HParams:
+    """A run's settings as the HPARAMS tab shows them. TensorBoard sorts its columns by name
+    but puts first the ones marked as differing between runs: `leading` (the keys a sweep
+    varies and the config groups chosen) are marked so, ahead of dozens of constant settings."""
+
+    values: dict
+    leading: tuple[str, ...] = ()
+
+
+def log_hparams(writer: SummaryWriter, params: HParams, metric_names: list[str]) -> None:
     """Declare the run's hyperparameters and the metrics the HPARAMS tab compares runs by.
     The metric values themselves are ordinary scalars logged under the same tags, so the
     declaration goes into this run's own event file (add_hparams would start a new run)."""
-    clean = {k: hparam_value(v) for k, v in params.items()}
-    for summary in hparams(clean, dict.fromkeys(metric_names, 0.0)):
+    clean = {k: hparam_value(v) for k, v in params.values.items()}
+    experiment, start, end = hparams(clean, dict.fromkeys(metric_names, 0.0))
+    content = experiment.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(content.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in params.leading
+    content.content = data.SerializeToString()
+    for summary in (experiment, start, end):
         writer.file_writer.add_summary(summary)
 
 

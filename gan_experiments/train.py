@@ -28,7 +28,7 @@ from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import RunStatus, StartRefused, check_start, checkpoint_path
 from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
 from gan_experiments.metrics.evaluator import Evaluator
-from gan_experiments.summaries import log_hparams, log_layout, log_samples
+from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ class Session:
 
 
 def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | None,
-           config: dict, status: RunStatus, hparams: dict | None) -> Session:
+           config: dict, status: RunStatus, hparams: HParams | None) -> Session:
     tc = cfg.trainer
     seed_everything(cfg.seed)
     data = build(cfg.data, device=device)
@@ -325,7 +325,7 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | N
         last=saved.get("last", {}), last_step=saved.get("last_step", 0), metrics=saved.get("metrics", {}),
     )
     metric_tags = [f"metrics{suffix}/{name}" for suffix in session.generators for name in evaluator.names]
-    log_hparams(writer, hparams or checkpoint.flatten(config), FINAL_METRICS + metric_tags)
+    log_hparams(writer, hparams or HParams(checkpoint.flatten(config)), FINAL_METRICS + metric_tags)
     log_layout(writer)
     return session
 
@@ -423,7 +423,7 @@ def finish(s: Session, outcome: str) -> dict:
     return s.status.end(outcome, step, s.metrics)
 
 
-def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None,
+def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
           on_start: Callable[[], None] | None = None) -> dict:
     """Train as `cfg` says, writing into `run_dir`; returns what status.json says at the end.
 

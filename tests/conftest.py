@@ -87,7 +87,7 @@ class NanAfter:
 def read_events(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     accumulator.Reload()
     return accumulator
 

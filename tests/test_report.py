@@ -176,3 +176,11 @@ def test_ordering_claim(tmp_path, capsys, bce_fid, expected):
     printed = run_report(tmp_path, capsys)
     assert 'Lucic et al. 2018, Are GANs Created Equal?: "NS beats MM in FID".' in printed
     assert expected in printed
+
+
+def test_paper_spread_is_read_as_std_or_as_standard_error():
+    from gan_experiments.report import paper_se
+
+    assert paper_se(0.5, {"runs": 25}) == pytest.approx(0.1)  # a std over 25 runs
+    assert paper_se(0.5, {"runs": 25, "spread": "se"}) == 0.5  # PacGAN's Table 1 prints the SE
+    assert paper_se(None, {"runs": 25}) is None

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import CONF, TINY, TINY_MODEL
+from conftest import CONF, TINY, TINY_MODEL, read_events
 from gan_experiments.sweep import gpus_per_job, job_dirname
 
 
@@ -50,10 +51,14 @@ def status_table(sweep_dir):
         return {row["overrides"]: row for row in csv.DictReader(f)}
 
 
+# Jobs long enough to overlap, without drawing a scatter plot every other step.
+LONGER = ["trainer.steps=300", "trainer.sample_every=100", "trainer.checkpoint_every=100", "eval.every=0"]
+
+
 def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["model.latent_dim=8,-1", f"hydra.sweep.dir={sweep_dir}"]
-    result = sweep(*args, cwd=tmp_path, preset=["trainer.steps=300"])
+    result = sweep(*args, cwd=tmp_path, preset=LONGER)
     assert result.returncode == 0, result.stderr
     # Folders are named by what varies; the constant preset stays in multirun.yaml.
     good, bad = sweep_dir / "model.latent_dim=8", sweep_dir / "model.latent_dim=-1"
@@ -68,10 +73,16 @@ def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tm
     assert started[bad] < ended[good] and started[good] < ended[bad]
     assert "Traceback" in (bad / "__main__.log").read_text()  # the full log stays with the job
     assert "Traceback" not in result.stdout
+    # The HPARAMS table leads with what was varied and the config group choices.
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        read_events(good).PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    leading = [h.name for h in experiment.hparam_infos if h.differs]
+    assert leading[0] == "model.latent_dim" and {"data", "model", "loss"} <= set(leading)
+    assert "cpus_per_job" not in leading and len(leading) < 15
 
     finished = (good / "status.json").read_text()
     mtime = (good / "status.json").stat().st_mtime
-    again = sweep(*args, cwd=tmp_path, preset=["trainer.steps=300"])
+    again = sweep(*args, cwd=tmp_path, preset=LONGER)
     assert again.returncode == 0, again.stderr
     assert "already ok, skipped" in again.stdout
     assert (good / "status.json").read_text() == finished and (good / "status.json").stat().st_mtime == mtime
@@ -79,7 +90,7 @@ def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tm
 
 def test_rerun_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    preset = ["trainer.steps=6000", "trainer.log_every=100", "trainer.checkpoint_every=100000",
+    preset = ["trainer.steps=1000", "trainer.log_every=100", "trainer.checkpoint_every=100000",
               "trainer.sample_every=100000", "eval.every=0"]
     args = ["seed=5", f"hydra.sweep.dir={sweep_dir}"]
     job_dir = sweep_dir / "+experiment=tiny_ring,seed=5"
@@ -95,13 +106,13 @@ def test_rerun_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     interrupted = json.loads((job_dir / "status.json").read_text())
-    assert interrupted["status"] == "interrupted" and 0 < interrupted["step"] < 6000
+    assert interrupted["status"] == "interrupted" and 0 < interrupted["step"] < 1000
 
     result = sweep(*args, cwd=tmp_path, preset=preset)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stdout
     assert status_table(sweep_dir)[next(iter(status_table(sweep_dir)))]["status"] == "ok"
-    assert json.loads((job_dir / "status.json").read_text())["step"] == 6000
+    assert json.loads((job_dir / "status.json").read_text())["step"] == 1000
 
 
 def test_submitit_local_executor_runs_a_job(tmp_path):
@@ -217,7 +228,7 @@ def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
     result = sweep("seed=range(6)", "+hydra.launcher.ray.init.num_gpus=2",
                    "+hydra.launcher.ray.init.num_cpus=8", "hydra.launcher.ray.remote.num_gpus=0.5",
                    f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
-                   preset=["trainer.steps=200", "trainer.sample_every=1000", "trainer.log_every=50",
+                   preset=["trainer.steps=150", "trainer.sample_every=1000", "trainer.log_every=50",
                            "trainer.checkpoint_every=1000", "eval.every=0"])
     assert result.returncode == 0, result.stderr
     jobs = [json.loads(p.read_text()) for p in sweep_dir.glob("seed=*/status.json")]

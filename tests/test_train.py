@@ -8,6 +8,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import read_events, tiny_cfg
 from gan_experiments.errors import UserError
+from gan_experiments.summaries import HParams
 from gan_experiments.train import SCALARS, train
 
 LOSSES = ["bce", "nonsat", "smooth", "hinge", "lsgan", "wgan", "wgan_gp"]
@@ -25,7 +26,7 @@ def test_each_model_and_loss_trains(tmp_path, model, data, loss):
 
 
 def test_event_file_holds_every_tag_and_the_hparams(tmp_path):
-    train(tiny_cfg("loss=smooth"), tmp_path, hparams={"loss": "smooth", "seed": 0})
+    train(tiny_cfg("loss=smooth"), tmp_path, hparams=HParams({"seed": 0, "loss": "smooth"}, leading=("loss",)))
     events = read_events(tmp_path)
     assert set(SCALARS) <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss/G")] == [2, 4]
@@ -35,8 +36,25 @@ def test_event_file_holds_every_tag_and_the_hparams(tmp_path):
     session = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
     assert session.session_start_info.hparams["loss"].string_value == "smooth"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"])
+    # TensorBoard shows columns marked as differing first.
+    assert {h.name: h.differs for h in experiment.experiment.hparam_infos} == {"seed": False, "loss": True}
     metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
     assert {"final/loss_G", "final/loss_D"} <= metric_tags <= set(events.Tags()["scalars"])
+
+
+def test_grids_are_big_enough_to_see_and_the_balance_charts_are_laid_out(tmp_path):
+    from PIL import Image
+
+    train(tiny_cfg(), tmp_path)  # 8 digits of 8x8 pixels: a 74 px grid before scaling
+    assert Image.open(tmp_path / "samples" / "step_000004.png").width >= 512
+    events = read_events(tmp_path)
+    assert events.Images("samples")[-1].width >= 512
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    config = events.Tensors("custom_scalars__config__")[0].tensor_proto
+    layout = layout_pb2.Layout.FromString(config.string_val[0])
+    charts = {tuple(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts == {("loss/D", "loss/G"), ("D/real", "D/fake")}
 
 
 def test_point_data_logs_a_scatter_figure(tmp_path):
