@@ -100,3 +100,43 @@ def test_r1_penalty_on_a_quadratic_critic():
     real = torch.randn(32, 3).requires_grad_(True)
     logits = real.pow(2).sum(1)
     assert losses.r1_penalty(logits, real).item() == pytest.approx(2 * real.pow(2).sum(1).mean().item(), rel=1e-5)
+
+
+class PackedLinearCritic(torch.nn.Module):
+    """D(pack) = w . (the pack's samples, concatenated), with ||w|| = 1: exactly 1-Lipschitz
+    in its packed input, as PacGAN's D sees it, but not in any one sample."""
+
+    def __init__(self, sample_dim: int, pack: int):
+        super().__init__()
+        self.pack = pack
+        w = torch.randn(sample_dim * pack, generator=torch.Generator().manual_seed(0))
+        self.w = w / w.norm()
+
+    def forward(self, x):
+        return x.reshape(x.shape[0] // self.pack, -1) @ self.w
+
+
+@pytest.mark.parametrize("pack", [1, 2, 4])
+def test_penalties_are_taken_per_pack(pack):
+    critic = PackedLinearCritic(sample_dim=3, pack=pack)
+    real, fake = torch.randn(8, 3), torch.randn(8, 3)
+    assert losses.wgan_gradient_penalty(critic, real, fake, pack=pack).item() == pytest.approx(0.0, abs=1e-10)
+    real.requires_grad_(True)
+    assert losses.r1_penalty(critic(real), real, pack=pack).item() == pytest.approx(0.5)
+
+
+def test_penalties_take_scaled_gradients_and_unscale_them():
+    """PyTorch's AMP recipe: the gradient of the scaled output, divided by the scale, is the
+    penalty's gradient; with a scale of 2**16 the value must not change."""
+    critic = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    real, fake = torch.randn(8, 3), torch.randn(8, 3)
+    scale = torch.tensor(2.0**16)
+    torch.manual_seed(1)
+    plain = losses.wgan_gradient_penalty(critic, real, fake)
+    torch.manual_seed(1)
+    scaled = losses.wgan_gradient_penalty(critic, real, fake, grad_scale=scale)
+    assert scaled.item() == pytest.approx(plain.item(), rel=1e-5)
+    real.requires_grad_(True)
+    logits = critic(real).view(-1)
+    assert losses.r1_penalty(logits, real, grad_scale=scale).item() == pytest.approx(
+        losses.r1_penalty(logits, real).item(), rel=1e-5)
