@@ -59,7 +59,12 @@ def main(cfg: DictConfig) -> float | None:
         job = f"[job {hydra_cfg.job.num}] {run_dir.name}"
         quiet_console()
         cfg.trainer.progress = False
-        finished = prepare_job(cfg, run_dir)
+        try:
+            finished = prepare_job(cfg, run_dir, list(hydra_cfg.overrides.task),
+                                   list(hydra_cfg.job.config.override_dirname.exclude_keys))
+        except StartRefused as error:
+            print(f"{job}: start refused: {error}", flush=True)
+            return None
         if finished is not None:
             print(f"{job}: already {finished['status']}, skipped", flush=True)
             return final_value(finished)
@@ -75,7 +80,7 @@ def main(cfg: DictConfig) -> float | None:
             print(f"{job}: start refused: {error}", flush=True)
             return None
         sys.exit(f"\nError: {error} Nothing was written into {run_dir}.\n")
-    except Exception as error:  # train() has recorded status `failed`
+    except Exception as error:  # train() has recorded status `failed` if the start was accepted
         if multirun:  # one failed job must not stop the sweep
             log.exception("Job failed")  # the traceback goes to the job's own log file
             release_gpu_memory()

@@ -12,7 +12,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan_experiments.lifecycle import FINAL, STATUSES, read_status
+from gan_experiments.lifecycle import FINAL, STATUSES, StartRefused, read_status
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def swept_keys(sweep_dir: str | Path) -> set[str]:
         if override.is_sweep_override():
             try:
                 several = len(list(override.sweep_string_iterator())) > 1
-            except ValueError:  # an interval: a searched range
+            except Exception:  # interval() and glob() cannot be listed here: they vary
                 several = True
             if several:
                 keys.add(override.get_key_element().lstrip("+~"))
@@ -62,17 +62,20 @@ def _safe_part(name: str, limit: int = 150) -> str:
     return f"{name[: limit - 9]}~{digest}"
 
 
-def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int) -> str:
+def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int, all_overrides: str = "") -> str:
     """A job's folder, named by what differs between the sweep's jobs (`seed=1`,
     `loss=smooth,seed=1`): TensorBoard's run selector cuts long names, and the constant
     overrides stay in multirun.yaml. Optuna's trials differ in every searched value, so they
-    are numbered (`trial=7`) and their values go to the run's hparams."""
+    are numbered (`trial=7`) and their values go to the run's hparams. `all_overrides` is
+    Hydra's override_dirname, the name when nothing varies."""
     if "optuna" in str(sweeper):
         return f"trial={job_num}"
     swept = swept_keys(sweep_dir)
     pairs = sorted(o.split("=", 1) for o in overrides if "=" in o)
     named = [f"{key.lstrip('+~')}={value}" for key, value in pairs if key.lstrip("+~") in swept]
-    return _safe_part(",".join(named or (f"{key}={value}" for key, value in pairs)))
+    # Nothing varies (or multirun.yaml is out of reach): Hydra's override_dirname, which leaves
+    # out the keys that do not change what is computed (resume, device, data paths).
+    return _safe_part(",".join(named) or all_overrides)
 
 
 def register_resolvers() -> None:
@@ -84,10 +87,24 @@ def register_resolvers() -> None:
         "ray_object_store", lambda address: None if address else 78_643_200, replace=True)
 
 
-def prepare_job(cfg: DictConfig, run_dir: Path) -> dict | None:
+def prepare_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ignored: list[str]) -> dict | None:
     """For a job of a sweep that runs again in the same sweep dir: the finished summary to
     reuse (the job is skipped), or None to train, resuming from the job's checkpoint if an
-    earlier attempt left one."""
+    earlier attempt left one. Folders are named by the swept keys only, so a folder whose
+    recorded overrides differ (a constant changed, another Optuna trial) is refused, never
+    skipped or resumed."""
+    recorded = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if recorded.is_file():
+        def relevant(items):
+            return sorted(o for o in items if o.split("=", 1)[0].lstrip("+~") not in ignored)
+
+        before = relevant(yaml.safe_load(recorded.read_text()) or [])
+        if before != relevant(overrides):
+            raise StartRefused(
+                f"{run_dir} holds a run with other overrides ({' '.join(before)}) than this job "
+                f"({' '.join(relevant(overrides))}). Use a new hydra.sweep.dir, or the overrides "
+                f"that sweep was started with."
+            )
     status = read_status(run_dir)
     if status.get("status") in FINAL:
         return status

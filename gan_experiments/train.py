@@ -121,6 +121,11 @@ def resolve_device(name: str) -> torch.device:
             f"trainer.device={name}, but this torch build sees no CUDA GPU. Use trainer.device=auto "
             f"(or cpu), or install a CUDA build of torch on a machine with a GPU."
         )
+    try:  # e.g. cuda:3 where CUDA_VISIBLE_DEVICES leaves one GPU
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise StartRefused(f"trainer.device={name} cannot be used here ({error}). Use trainer.device=auto, "
+                           f"or a device this process sees.") from None
     return device
 
 
@@ -190,6 +195,7 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
     scaler_g, scaler_d = scalers
     latent = gan.fixed_noise.shape[1]
     stats = {}
+    penalty_finite = torch.ones((), dtype=torch.bool, device=gan.fixed_noise.device)
 
     def noisy(x):  # instance noise on everything D sees
         return x + noise_std * torch.randn_like(x) if noise_std > 0 else x
@@ -211,6 +217,7 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
             real_logits, fake_logits = D(real), D(fake_seen)
             d_loss = losses.discriminator(real_logits, fake_logits)
             penalty = losses.gradient_penalty(D, real, real_logits, fake_seen, grad_scale)
+        penalty_finite &= torch.isfinite(penalty)
         gan.opt_d.zero_grad(set_to_none=True)
         scaler_d.scale(d_loss + losses.penalty_weight * penalty).backward()
         if measure:
@@ -238,7 +245,7 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
     gan.step += 1
     finite = torch.isfinite(d_loss) & torch.isfinite(g_loss)
     if not scaler_d.is_enabled():  # with fp16, an overflowing penalty is a step the scaler skips
-        finite &= torch.isfinite(penalty)
+        finite &= penalty_finite
     stats.update({
         "loss/D": d_loss.detach(), "loss/G": g_loss.detach(), "loss/penalty": penalty.detach(),
         "D/real": torch.sigmoid(real_logits.detach().float()).mean(),
@@ -321,13 +328,19 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | N
     session = Session(
         cfg, run_dir, config, status, data, gan, make_losses(cfg), evaluator, scalers,
         _autocast_factory(device, str(config["trainer"]["precision"])), writer, reference_points,
-        noise_horizon=saved.get("noise_horizon") or tc.instance_noise_steps or tc.steps,
+        noise_horizon=saved.get("noise_horizon") or _first_horizon(saved.get("config"), tc),
         last=saved.get("last", {}), last_step=saved.get("last_step", 0), metrics=saved.get("metrics", {}),
     )
     metric_tags = [f"metrics{suffix}/{name}" for suffix in session.generators for name in evaluator.names]
     log_hparams(writer, hparams or HParams(checkpoint.flatten(config)), FINAL_METRICS + metric_tags)
     log_layout(writer)
     return session
+
+
+def _first_horizon(saved_config: dict | None, tc: DictConfig) -> int:
+    """The instance-noise horizon of the run's first start (older checkpoints did not save it)."""
+    trainer = saved_config["trainer"] if saved_config else tc
+    return trainer["instance_noise_steps"] or trainer["steps"]
 
 
 def save_checkpoint(s: Session) -> None:

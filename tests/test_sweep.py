@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import CONF, TINY, TINY_MODEL, read_events
-from gan_experiments.sweep import gpus_per_job, job_dirname
+from gan_experiments.lifecycle import StartRefused
+from gan_experiments.sweep import gpus_per_job, job_dirname, prepare_job
 
 
 def sweep(*args, cwd, preset=(), timeout=300, env=None):
@@ -133,13 +135,29 @@ def test_job_dirnames_name_what_varies_in_one_safe_path_part(tmp_path):
     basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     job = ["+experiment=x", "loss=smooth", "data.root=/mnt/d", "x=1", "seed=1", "model.pack=2"]
     assert job_dirname(job, str(tmp_path), basic, 3) == "loss=smooth,seed=1,x=1"
-    assert job_dirname(["a=1"], str(tmp_path / "none"), basic, 0) == "a=1"  # nothing swept
-    assert "/" not in job_dirname(["data.root=/mnt/data"], str(tmp_path / "none"), basic, 0)
-    long_a = job_dirname(["x=" + "a" * 300], str(tmp_path / "none"), basic, 0)
-    long_b = job_dirname(["x=" + "a" * 299 + "b"], str(tmp_path / "none"), basic, 0)
+    none = str(tmp_path / "none")  # no multirun.yaml: Hydra's override_dirname names the job
+    assert job_dirname(["a=1", "resume=true"], none, basic, 0, "a=1") == "a=1"
+    assert "/" not in job_dirname(["data.root=/mnt/data"], none, basic, 0, "data.root=/mnt/data")
+    long_a = job_dirname([], none, basic, 0, "x=" + "a" * 300)
+    long_b = job_dirname([], none, basic, 0, "x=" + "a" * 299 + "b")
     assert len(long_a) == 150 and long_a != long_b
+    (tmp_path / "globbed").mkdir()  # glob() and interval() sweeps cannot be listed: they vary
+    (tmp_path / "globbed" / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["loss=glob(*)"]}, "sweeper": {"_target_": basic}}}))
+    assert job_dirname(["loss=bce", "seed=0"], str(tmp_path / "globbed"), basic, 0) == "loss=bce"
     optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert job_dirname(["optimizer.g.lr=0.001"], str(tmp_path), optuna, 7) == "trial=7"
+
+
+def test_a_rerun_refuses_a_job_folder_that_holds_other_overrides(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- loss=bce\n- seed=0\n")
+    (tmp_path / "status.json").write_text(json.dumps({"status": "ok", "step": 4, "value": 1.0}))
+    cfg = OmegaConf.create({"resume": False})
+    with pytest.raises(StartRefused, match="other overrides"):
+        prepare_job(cfg, tmp_path, ["loss=bce", "seed=0", "model.pack=2"], ["resume"])
+    finished = prepare_job(cfg, tmp_path, ["seed=0", "loss=bce", "resume=true"], ["resume"])
+    assert finished["status"] == "ok"  # the same job: skipped
 
 
 def test_gpu_share_packs_jobs():
