@@ -69,10 +69,8 @@ def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tm
         "model.latent_dim=8": "ok", "model.latent_dim=-1": "failed"}
     assert table[next(k for k in table if k.endswith("=8"))]["run_dir"] == str(good)
     assert "ok" in result.stdout and "failed" in result.stdout  # the printed table
-    # Both jobs ran at once, each in its own process.
-    started = {d: (d / ".hydra" / "config.yaml").stat().st_mtime for d in (good, bad)}
-    ended = {d: (d / "status.json").stat().st_mtime for d in (good, bad)}
-    assert started[bad] < ended[good] and started[good] < ended[bad]
+    # (That jobs run at once is checked by test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu:
+    # the failing job here ends too fast to overlap reliably.)
     assert "Traceback" in (bad / "__main__.log").read_text()  # the full log stays with the job
     assert "Traceback" not in result.stdout
     # The HPARAMS table leads with what was varied and the config group choices.
