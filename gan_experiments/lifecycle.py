@@ -5,6 +5,7 @@ it was. Once started, status.json moves running -> ok | diverged | interrupted |
 only `RunStatus` writes it.
 """
 
+import json
 import os
 import socket
 from datetime import datetime
@@ -97,8 +98,6 @@ class RunStatus:
 
 
 def read_status(run_dir: Path) -> dict:
-    import json
-
     try:
         return json.loads((Path(run_dir) / "status.json").read_text())
     except (OSError, ValueError):

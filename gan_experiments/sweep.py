@@ -12,7 +12,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan_experiments.lifecycle import FINAL, STATUSES, StartRefused, read_status
+from gan_experiments.lifecycle import FINAL, STATUSES, StartRefused, checkpoint_path, read_status
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def prepare_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ignored: l
     status = read_status(run_dir)
     if status.get("status") in FINAL:
         return status
-    if (Path(run_dir) / "checkpoints" / "last.pt").is_file():
+    if checkpoint_path(run_dir).is_file():
         cfg.resume = True
     return None
 
