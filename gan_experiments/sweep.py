@@ -29,8 +29,8 @@ def gpus_per_job(jobs_per_gpu: int) -> float:
 
 def swept_keys(sweep_dir: str | Path) -> set[str]:
     """The keys that take more than one value in the sweep whose multirun.yaml (written by
-    Hydra's sweeper before any job starts) is in `sweep_dir`: swept on the command line, in a
-    preset's sweeper params, or searched by a sweeper such as Optuna."""
+    Hydra's basic sweeper before any job starts) is in `sweep_dir`: swept on the command line or
+    in a preset's sweeper params. (Optuna writes none; its trials are named by number.)"""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -38,9 +38,8 @@ def swept_keys(sweep_dir: str | Path) -> set[str]:
     except (OSError, ValueError):
         return set()
     params = sweep.sweeper.get("params") or {}
-    searched = {str(k) for k in params} if "optuna" in str(sweep.sweeper.get("_target_", "")) else set()
     arguments = [f"{k}={v}" for k, v in params.items()] + list(sweep.overrides.task)
-    keys = set(searched)
+    keys = set()
     for override in OverridesParser.create().parse_overrides(arguments):
         if override.is_sweep_override():
             try:
