@@ -186,3 +186,14 @@ def test_mlp_rejects_impossible_maxout_or_dropout():
         mlp.build((2,), is_image=False, d_dropout=1.0)
     with pytest.raises(UserError, match="model.d_maxout_pieces"):
         mlp.build((2,), is_image=False, d_activation="maxout", d_maxout_pieces=0)
+
+
+@pytest.mark.parametrize("module, sizes", [
+    (mlp, {"data_shape": (2,), "is_image": False, "latent_dim": -1}),
+    (mlp, {"data_shape": (2,), "is_image": False, "g_hidden": [16, 0]}),
+    (dcgan, {"data_shape": (1, 28, 28), "d_width": 0}),
+])
+def test_non_positive_layer_sizes_are_named_before_torch_sees_them(module, sizes):
+    with pytest.raises(UserError, match="must be positive") as error:
+        module.build(**sizes)
+    assert "model." in str(error.value)

@@ -14,6 +14,15 @@ def check_pack(batch: int, pack: int) -> None:
         )
 
 
+def check_sizes(**sizes) -> None:
+    """Layer sizes must be positive; torch would otherwise fail deep inside a layer's init."""
+    bad = {name: value for name, value in sizes.items()
+           if any(v < 1 for v in (value if isinstance(value, (list, tuple)) else [value]))}
+    if bad:
+        shown = ", ".join(f"model.{name}={value}" for name, value in bad.items())
+        raise UserError(f"{shown}: layer sizes must be positive integers. Set them to 1 or more.")
+
+
 def add_spectral_norm(discriminator: nn.Module) -> nn.Module:
     """Spectrally normalise every linear and conv layer in place (Miyato et al. 2018)."""
     for module in list(discriminator.modules()):

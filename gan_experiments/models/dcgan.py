@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from gan_experiments.errors import UserError
-from gan_experiments.models import add_spectral_norm, check_pack
+from gan_experiments.models import add_spectral_norm, check_pack, check_sizes
 
 SUPPORTED = "8, 14, 16, 28, 32, 56, 64, 112, 128, 256 (4 or 7 times a power of two)"
 
@@ -86,6 +86,7 @@ def build(data_shape, is_image=True, latent_dim=100, g_width=64, d_width=64, d_n
             f"model=dcgan needs square images, but the data has shape {tuple(data_shape)}. "
             f"For 2D point data (data=ring or data=grid) use model=mlp."
         )
+    check_sizes(latent_dim=latent_dim, g_width=g_width, d_width=d_width)
     channels, image_size = data_shape[0], data_shape[1]
     # Spectral norm already bounds D's Lipschitz constant; batch norm on top would undo that.
     norm = "none" if spectral_norm else getattr(d_norm, "value", d_norm)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from gan_experiments.errors import UserError
-from gan_experiments.models import add_spectral_norm, check_pack
+from gan_experiments.models import add_spectral_norm, check_pack, check_sizes
 
 G_ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -102,6 +102,7 @@ def build(data_shape, is_image=True, latent_dim=100, g_hidden=(256, 512), d_hidd
     if d_maxout_pieces < 1 or not 0 <= d_dropout < 1:
         raise UserError(f"model.d_maxout_pieces must be at least 1 and model.d_dropout in [0, 1); "
                         f"got {d_maxout_pieces} and {d_dropout}.")
+    check_sizes(latent_dim=latent_dim, g_hidden=list(g_hidden), d_hidden=list(d_hidden))
     generator = MLPGenerator(latent_dim, list(g_hidden), data_shape, tanh=is_image,
                              activation=_name(g_activation), norm=_name(g_norm))
     discriminator = MLPDiscriminator(data_shape, list(d_hidden), pack, activation=_name(d_activation),
