@@ -96,6 +96,19 @@ def test_only_ok_runs_are_averaged_the_rest_counted_apart(loss_sweep, capsys):
     assert rows["loss=bce"]["diverged"] == "1"
 
 
+def test_a_job_finished_by_a_rerun_stays_in_its_config(tmp_path, capsys):
+    """Rerunning a sweep to finish a job may add overrides that leave the results alone (the
+    sweep's exclude_keys, e.g. trainer.progress=False); that job still belongs to its config."""
+    write_run(tmp_path, ["loss=bce", "seed=0"], "ok", metrics={"fid_classifier": 3.0})
+    rerun = write_run(tmp_path, ["loss=bce", "seed=1", "trainer.progress=False"], "ok",
+                      metrics={"fid_classifier": 5.0})
+    (rerun / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"config": {
+        "override_dirname": {"exclude_keys": ["resume", "trainer.progress"]}}}}}))
+    printed = run_report(tmp_path, capsys)
+    assert "| loss=bce | 4 ± 1.4 (2) | 2 |" in printed
+    assert "progress" not in printed
+
+
 def test_missing_values_are_empty_csv_cells(tmp_path, capsys):
     write_run(tmp_path, ["loss=bce", "seed=0"], "ok", metrics={"fid_classifier": 3.0})
     write_run(tmp_path, ["loss=hinge", "seed=0"], "failed")
