@@ -93,11 +93,16 @@ def test_a_diverged_run_is_strict_json_with_null_value(tmp_path):
     strict_json(tmp_path / "metrics.json")
 
 
-def test_a_crash_after_the_start_is_recorded_as_failed(tmp_path):
-    with pytest.raises(Exception, match="negative dimension"):
-        train(tiny_cfg("model.latent_dim=-1"), tmp_path)
+def test_a_crash_after_the_start_is_recorded_as_failed(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory in the middle of a step")
+
+    monkeypatch.setattr("gan_experiments.train.train_step", crash)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(tiny_cfg(), tmp_path)
     status = strict_json(tmp_path / "status.json")
-    assert status["status"] == "failed" and status["value"] is None and "Error" in status["error"]
+    assert status["status"] == "failed" and status["value"] is None
+    assert status["error"] == "RuntimeError: out of memory in the middle of a step"
 
 
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
