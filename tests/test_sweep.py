@@ -223,10 +223,18 @@ def _free_port() -> int:
 def test_sweep_joins_an_existing_ray_cluster(tmp_path):
     port = _free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    subprocess.run([*ray, "start", "--head", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=120, cwd=tmp_path)
+    # A head of our own in its own process group, stopped by signalling that group: `ray stop`
+    # would also kill every other Ray cluster on this machine, such as a user's running sweep.
+    head = subprocess.Popen([*ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path, start_new_session=True)
     try:
+        for line in head.stdout:  # ready once it says it will block
+            if "block forever" in line:
+                break
+        else:
+            pytest.fail(f"`ray start --head` exited with {head.wait()}")
         sweep_dir = tmp_path / "sweep"
         # `auto`, as on a cluster node: the address `ray start` recorded on this machine.
         result = sweep("seed=0,1", "hydra.launcher.ray.init.address=auto",
@@ -234,7 +242,12 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
         assert result.returncode == 0, result.stderr
         assert [r["status"] for r in status_table(sweep_dir).values()] == ["ok", "ok"]
     finally:
-        subprocess.run([*ray, "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
 
 
 def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
