@@ -3,10 +3,12 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -223,12 +225,16 @@ def _free_port() -> int:
 def test_sweep_joins_an_existing_ray_cluster(tmp_path):
     port = _free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    # A head of our own in its own process group, stopped by signalling that group: `ray stop`
-    # would also kill every other Ray cluster on this machine, such as a user's running sweep.
+    # The test's cluster keeps to itself: its own temp dir (where `ray start` records the address
+    # that `auto` finds) and its own process group, stopped by signalling that group. `ray stop`
+    # would kill every Ray cluster on the machine, such as a user's running sweep, and a record
+    # left in /tmp/ray would send the user's next sweep to this dead cluster. The short path
+    # keeps Ray's socket paths under the Unix limit.
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
     head = subprocess.Popen([*ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                              "--include-dashboard=false", "--disable-usage-stats"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path, start_new_session=True)
+                            cwd=tmp_path, env=env, start_new_session=True)
     try:
         for line in head.stdout:  # ready once it says it will block
             if "block forever" in line:
@@ -238,7 +244,7 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
         sweep_dir = tmp_path / "sweep"
         # `auto`, as on a cluster node: the address `ray start` recorded on this machine.
         result = sweep("seed=0,1", "hydra.launcher.ray.init.address=auto",
-                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
         assert [r["status"] for r in status_table(sweep_dir).values()] == ["ok", "ok"]
     finally:
@@ -248,6 +254,7 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
