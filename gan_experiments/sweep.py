@@ -130,27 +130,21 @@ def quiet_console() -> None:
             root.removeHandler(handler)
 
 
-def bookkeeping_keys(run_dir: Path) -> set[str]:
-    """Override keys that leave a run's results alone (the run's
-    hydra.job.config.override_dirname.exclude_keys: resume, trainer.progress, paths). A job
-    rerun to finish it may add them; it is still the same config."""
-    hydra_file = Path(run_dir) / ".hydra" / "hydra.yaml"
-    if not hydra_file.is_file():
-        return set()
-    keys = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.job.config.override_dirname.exclude_keys")
-    return set(keys or [])
+# Overrides a rerun may add to finish a job without changing its results. Not the sweep's whole
+# exclude_keys: data.path or trainer.device may be what a sweep varies.
+RESULT_NEUTRAL = ("resume", "trainer.progress")
 
 
 def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[dict]:
-    """Every run under `sweep_dir`: its folder, command-line overrides (less bookkeeping keys)
+    """Every run under `sweep_dir`: its folder, command-line overrides (less the
+    RESULT_NEUTRAL ones)
     and status.json."""
     runs = []
     for status_file in sorted(Path(sweep_dir).glob(pattern)):
         run_dir = status_file.parent
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        bookkeeping = bookkeeping_keys(run_dir)
-        overrides = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in bookkeeping]
+        overrides = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in RESULT_NEUTRAL]
         runs.append({"dir": run_dir, "overrides": overrides,
                      "status": read_status(run_dir) or {"status": "failed"}})
     return runs

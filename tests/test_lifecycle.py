@@ -10,6 +10,7 @@ import torch
 
 from conftest import TINY, TINY_MODEL, read_events, run_cli, tiny_cfg, tree_snapshot
 from gan_experiments import checkpoint
+from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import StartRefused
 from gan_experiments.train import build, build_gan, make_losses, maybe_compile, train, train_step
 
@@ -103,6 +104,13 @@ def test_a_crash_after_the_start_is_recorded_as_failed(tmp_path, monkeypatch):
     status = strict_json(tmp_path / "status.json")
     assert status["status"] == "failed" and status["value"] is None
     assert status["error"] == "RuntimeError: out of memory in the middle of a step"
+
+
+def test_a_bad_model_found_during_set_up_is_recorded_as_failed(tmp_path):
+    with pytest.raises(UserError, match="model.latent_dim=-1"):
+        train(tiny_cfg("model.latent_dim=-1"), tmp_path)
+    status = strict_json(tmp_path / "status.json")
+    assert status["status"] == "failed" and status["step"] == 0 and "latent_dim" in status["error"]
 
 
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])

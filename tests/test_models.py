@@ -188,12 +188,13 @@ def test_mlp_rejects_impossible_maxout_or_dropout():
         mlp.build((2,), is_image=False, d_activation="maxout", d_maxout_pieces=0)
 
 
-@pytest.mark.parametrize("module, sizes", [
-    (mlp, {"data_shape": (2,), "is_image": False, "latent_dim": -1}),
-    (mlp, {"data_shape": (2,), "is_image": False, "g_hidden": [16, 0]}),
-    (dcgan, {"data_shape": (1, 28, 28), "d_width": 0}),
+@pytest.mark.parametrize("module, sizes, named", [
+    (mlp, {"data_shape": (2,), "is_image": False, "latent_dim": -1}, "model.latent_dim=-1"),
+    (mlp, {"data_shape": (2,), "is_image": False, "g_hidden": [16, 0]}, "model.g_hidden=[16, 0]"),
+    (mlp, {"data_shape": (2,), "is_image": False, "d_hidden": [2.5]}, "model.d_hidden=[2.5]"),
+    (dcgan, {"data_shape": (1, 28, 28), "d_width": 0}, "model.d_width=0"),
 ])
-def test_non_positive_layer_sizes_are_named_before_torch_sees_them(module, sizes):
-    with pytest.raises(UserError, match="must be positive") as error:
+def test_non_positive_layer_sizes_are_named_before_torch_sees_them(module, sizes, named):
+    with pytest.raises(UserError, match="must be positive integers") as error:
         module.build(**sizes)
-    assert "model." in str(error.value)
+    assert str(error.value).startswith(named + ":")

@@ -97,15 +97,17 @@ def test_only_ok_runs_are_averaged_the_rest_counted_apart(loss_sweep, capsys):
 
 
 def test_a_job_finished_by_a_rerun_stays_in_its_config(tmp_path, capsys):
-    """Rerunning a sweep to finish a job may add overrides that leave the results alone (the
-    sweep's exclude_keys, e.g. trainer.progress=False); that job still belongs to its config."""
+    """Rerunning a sweep to finish a job may add overrides that leave the results alone
+    (trainer.progress=False, resume=true); that job still belongs to its config."""
     write_run(tmp_path, ["loss=bce", "seed=0"], "ok", metrics={"fid_classifier": 3.0})
-    rerun = write_run(tmp_path, ["loss=bce", "seed=1", "trainer.progress=False"], "ok",
-                      metrics={"fid_classifier": 5.0})
-    (rerun / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"config": {
-        "override_dirname": {"exclude_keys": ["resume", "trainer.progress"]}}}}}))
+    write_run(tmp_path, ["loss=bce", "seed=1", "trainer.progress=False", "resume=true"], "ok",
+              metrics={"fid_classifier": 5.0})
+    # A key the sweep varies still tells configs apart, even one Hydra leaves out of dir names.
+    write_run(tmp_path, ["loss=bce", "seed=0", "data.path=/other"], "ok", metrics={"fid_classifier": 9.0})
     printed = run_report(tmp_path, capsys)
-    assert "| loss=bce | 4 ± 1.4 (2) | 2 |" in printed
+    assert "Every run has loss=bce." in printed
+    assert "| (defaults) | 4 ± 1.4 (2) | 2 |" in printed
+    assert "| data.path=/other | 9 (1) | 1 |" in printed
     assert "progress" not in printed
 
 

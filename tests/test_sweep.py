@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -230,22 +231,26 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
     # would kill every Ray cluster on the machine, such as a user's running sweep, and a record
     # left in /tmp/ray would send the user's next sweep to this dead cluster. The short path
     # keeps Ray's socket paths under the Unix limit.
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     head = subprocess.Popen([*ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                              "--include-dashboard=false", "--disable-usage-stats"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path, env=env, start_new_session=True)
     try:
-        for line in head.stdout:  # ready once it says it will block
-            if "block forever" in line:
-                break
-        else:
-            pytest.fail(f"`ray start --head` exited with {head.wait()}")
+        said, deadline = [], time.monotonic() + 120
+        while not any("block forever" in line for line in said):  # ready once it blocks
+            ready, _, _ = select.select([head.stdout], [], [], 1)
+            if ready:
+                said.append(head.stdout.readline())
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("`ray start --head` did not come up:\n" + "".join(said))
         sweep_dir = tmp_path / "sweep"
         # `auto`, as on a cluster node: the address `ray start` recorded on this machine.
         result = sweep("seed=0,1", "hydra.launcher.ray.init.address=auto",
                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
+        assert f":{port}" in result.stdout + result.stderr  # joined this cluster, not another
         assert [r["status"] for r in status_table(sweep_dir).values()] == ["ok", "ok"]
     finally:
         os.killpg(head.pid, signal.SIGTERM)

@@ -15,9 +15,13 @@ def check_pack(batch: int, pack: int) -> None:
 
 
 def check_sizes(**sizes) -> None:
-    """Layer sizes must be positive; torch would otherwise fail deep inside a layer's init."""
+    """Layer sizes must be positive integers; torch would otherwise fail deep inside a layer's
+    init."""
+    def ok(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
     bad = {name: value for name, value in sizes.items()
-           if any(v < 1 for v in (value if isinstance(value, (list, tuple)) else [value]))}
+           if not all(ok(v) for v in (value if isinstance(value, (list, tuple)) else [value]))}
     if bad:
         shown = ", ".join(f"model.{name}={value}" for name, value in bad.items())
         raise UserError(f"{shown}: layer sizes must be positive integers. Set them to 1 or more.")
