@@ -3,7 +3,6 @@
 import csv
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -233,18 +232,20 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
     # keeps Ray's socket paths under the Unix limit.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    head = subprocess.Popen([*ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                             "--include-dashboard=false", "--disable-usage-stats"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path, env=env, start_new_session=True)
+    head_log = tmp_path / "ray_head.log"
+    with open(head_log, "w") as log:
+        head = subprocess.Popen([*ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                                 "--include-dashboard=false", "--disable-usage-stats"],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
+                                start_new_session=True)
     try:
-        said, deadline = [], time.monotonic() + 120
-        while not any("block forever" in line for line in said):  # ready once it blocks
-            ready, _, _ = select.select([head.stdout], [], [], 1)
-            if ready:
-                said.append(head.stdout.readline())
+        # Up once it has recorded its address, the record `auto` reads.
+        address_record = Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+        deadline = time.monotonic() + 120
+        while not address_record.exists():
             if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("`ray start --head` did not come up:\n" + "".join(said))
+                pytest.fail("`ray start --head` did not come up:\n" + head_log.read_text())
+            time.sleep(0.5)
         sweep_dir = tmp_path / "sweep"
         # `auto`, as on a cluster node: the address `ray start` recorded on this machine.
         result = sweep("seed=0,1", "hydra.launcher.ray.init.address=auto",
