@@ -18,7 +18,7 @@ import yaml
 
 from gan_experiments import report_figures as figures
 from gan_experiments.report_figures import Picture, Table
-from gan_experiments.sweep import find_runs
+from gan_experiments.sweep import find_runs, override_key
 
 # Metrics where larger is better; every other objective is minimised.
 MAXIMISED = {"modes", "hq", "class_coverage"}
@@ -61,8 +61,9 @@ def metric_value(run: dict, tag: str) -> float | None:
 
 
 def settings(overrides: list[str]) -> set[str]:
-    """The overrides that make a config: all but the seed and the run's bookkeeping."""
-    return {o for o in overrides if not o.lstrip("+~").startswith(("seed=", "hydra.", "resume="))}
+    """The overrides that make a config: all but the seed and Hydra's own (find_runs has
+    dropped the result-neutral ones)."""
+    return {o for o in overrides if override_key(o) != "seed" and not override_key(o).startswith("hydra.")}
 
 
 def shared_settings(runs: list[dict]) -> set[str]:
@@ -78,7 +79,7 @@ def group_key(overrides: list[str], shared: set[str] = frozenset()) -> str:
 
 
 def seed_of(run: dict) -> int:
-    seeds = [o.split("=", 1)[1] for o in run["overrides"] if o.lstrip("+~").startswith("seed=")]
+    seeds = [o.split("=", 1)[1] for o in run["overrides"] if override_key(o) == "seed"]
     return int(seeds[0]) if seeds else 0  # the config's default seed
 
 

@@ -86,6 +86,11 @@ def register_resolvers() -> None:
         "ray_object_store", lambda address: None if address else 78_643_200, replace=True)
 
 
+def override_key(override: str) -> str:
+    """`+trainer.steps=5` -> `trainer.steps`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def prepare_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ignored: list[str]) -> dict | None:
     """For a job of a sweep that runs again in the same sweep dir: the finished summary to
     reuse (the job is skipped), or None to train, resuming from the job's checkpoint if an
@@ -95,7 +100,7 @@ def prepare_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ignored: l
     recorded = Path(run_dir) / ".hydra" / "overrides.yaml"
     if recorded.is_file():
         def relevant(items):
-            return sorted(o for o in items if o.split("=", 1)[0].lstrip("+~") not in ignored)
+            return sorted(o for o in items if override_key(o) not in ignored)
 
         before = relevant(yaml.safe_load(recorded.read_text()) or [])
         if before != relevant(overrides):
@@ -137,14 +142,13 @@ RESULT_NEUTRAL = ("resume", "trainer.progress")
 
 def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[dict]:
     """Every run under `sweep_dir`: its folder, command-line overrides (less the
-    RESULT_NEUTRAL ones)
-    and status.json."""
+    RESULT_NEUTRAL ones) and status.json."""
     runs = []
     for status_file in sorted(Path(sweep_dir).glob(pattern)):
         run_dir = status_file.parent
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        overrides = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in RESULT_NEUTRAL]
+        overrides = [o for o in overrides or [] if override_key(o) not in RESULT_NEUTRAL]
         runs.append({"dir": run_dir, "overrides": overrides,
                      "status": read_status(run_dir) or {"status": "failed"}})
     return runs

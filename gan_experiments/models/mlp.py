@@ -99,10 +99,10 @@ def normal_init(module: nn.Module, std: float) -> None:
 def build(data_shape, is_image=True, latent_dim=100, g_hidden=(256, 512), d_hidden=(512, 256),
           g_activation="leaky_relu", g_norm="none", d_activation="leaky_relu", d_maxout_pieces=5,
           d_dropout=0.0, init_std=None, spectral_norm=False, pack=1):
-    if d_maxout_pieces < 1 or not 0 <= d_dropout < 1:
-        raise UserError(f"model.d_maxout_pieces must be at least 1 and model.d_dropout in [0, 1); "
-                        f"got {d_maxout_pieces} and {d_dropout}.")
-    check_sizes(latent_dim=latent_dim, g_hidden=list(g_hidden), d_hidden=list(d_hidden))
+    if not 0 <= d_dropout < 1:
+        raise UserError(f"model.d_dropout must be in [0, 1); got {d_dropout}.")
+    check_sizes(latent_dim=latent_dim, g_hidden=list(g_hidden), d_hidden=list(d_hidden),
+                d_maxout_pieces=d_maxout_pieces)
     generator = MLPGenerator(latent_dim, list(g_hidden), data_shape, tanh=is_image,
                              activation=_name(g_activation), norm=_name(g_norm))
     discriminator = MLPDiscriminator(data_shape, list(d_hidden), pack, activation=_name(d_activation),
