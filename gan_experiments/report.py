@@ -209,16 +209,20 @@ def ordering_sentence(rows: list[Row], reference: dict) -> str:
             return f"{claim} Not checked: no ok run of {override} reported {metric}."
     better, worse = sides["better"], sides["worse"]
     maximise = metric in MAXIMISED
-    agrees = better.mean > worse.mean if maximise else better.mean < worse.mean
-    sentence = (f"{claim} Ours {'agrees' if agrees else 'disagrees'}: {reference['better']} "
-                f"{fmt(better)} vs {reference['worse']} {fmt(worse)} in {metric} "
-                f"({'higher' if maximise else 'lower'} is better)")
+    same_order = better.mean > worse.mean if maximise else better.mean < worse.mean
+    order = "as the paper does" if same_order else "the other way"
+    measured = (f"{reference['better']} {fmt(better)} vs {reference['worse']} {fmt(worse)} in "
+                f"{metric} ({'higher' if maximise else 'lower'} is better)")
+    # Agreeing or disagreeing is claimed only for a difference beyond the seeds' noise.
     if better.n < 2 or worse.n < 2:
-        return sentence + "; with n=1 on a side, no verdict on the difference."
+        return f"{claim} No verdict with n=1 on a side: {measured}; our means order them {order}."
     se = math.sqrt(better.std**2 / better.n + worse.std**2 / worse.n)
     difference = better.mean - worse.mean
-    size = "beyond" if beyond_2se(difference, se) else "not beyond"
-    return sentence + f"; the difference {difference:+.3g} is {size} 2 SE (SE = {se:.2g})."
+    if beyond_2se(difference, se):
+        return (f"{claim} Ours {'agrees' if same_order else 'disagrees'}: {measured}; the "
+                f"difference {difference:+.3g} is beyond 2 SE (SE = {se:.2g}).")
+    return (f"{claim} Ours cannot tell them apart: {measured}; the difference {difference:+.3g} "
+            f"is not beyond 2 SE (SE = {se:.2g}), though our means order them {order}.")
 
 
 def reference_section(rows: list[Row]) -> tuple[str, list] | None:

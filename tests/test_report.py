@@ -179,8 +179,11 @@ def test_paper_reference_with_one_run_gives_no_verdict(tmp_path, capsys):
 @pytest.mark.parametrize("bce_fid, expected", [
     ((40.0, 44.0), "Ours agrees: loss=nonsat 15 ± 7.1 (2) vs loss=bce 42 ± 2.8 (2) in "
                    "fid_classifier (lower is better); the difference -27 is beyond 2 SE"),
-    ((12.0, 14.0), "Ours disagrees: loss=nonsat 15 ± 7.1 (2) vs loss=bce 13 ± 1.4 (2) in "
-                   "fid_classifier (lower is better); the difference +2 is not beyond 2 SE"),
+    ((12.0, 14.0), "Ours cannot tell them apart: loss=nonsat 15 ± 7.1 (2) vs loss=bce 13 ± 1.4 (2) "
+                   "in fid_classifier (lower is better); the difference +2 is not beyond 2 SE "
+                   "(SE = 5.1), though our means order them the other way."),
+    ((1.0, 2.0), "Ours disagrees: loss=nonsat 15 ± 7.1 (2) vs loss=bce 1.5 ± 0.71 (2) in "
+                 "fid_classifier (lower is better); the difference +13.5 is beyond 2 SE (SE = 5)."),
 ])
 def test_ordering_claim(tmp_path, capsys, bce_fid, expected):
     values = {"nonsat": (10.0, 20.0), "bce": bce_fid}
@@ -191,6 +194,14 @@ def test_ordering_claim(tmp_path, capsys, bce_fid, expected):
     printed = run_report(tmp_path, capsys)
     assert 'Lucic et al. 2018, Are GANs Created Equal?: "NS beats MM in FID".' in printed
     assert expected in printed
+
+
+def test_ordering_claim_with_one_run_on_a_side_gives_no_verdict(tmp_path, capsys):
+    for loss, seed, fid in (("nonsat", 0, 10.0), ("bce", 0, 40.0), ("bce", 1, 44.0)):
+        write_run(tmp_path, [f"loss={loss}", f"seed={seed}"], "ok",
+                  metrics={"fid_classifier": fid}, config={"reference": LUCIC_REFERENCE})
+    assert ("No verdict with n=1 on a side: loss=nonsat 10 (1) vs loss=bce 42 ± 2.8 (2) in "
+            "fid_classifier (lower is better); our means order them as the paper does.") in run_report(tmp_path, capsys)
 
 
 def test_paper_spread_is_read_as_std_or_as_standard_error():
