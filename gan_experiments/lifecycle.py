@@ -67,12 +67,17 @@ def _now() -> str:
 class RunStatus:
     """status.json: what state the run is in, and what it measured, each metric with its step."""
 
-    def __init__(self, run_dir: Path, steps: int, objective: str = ""):
+    def __init__(self, run_dir: Path, steps: int, objective: str = "", resumed_from: int | None = None):
         self.path = Path(run_dir) / "status.json"
         self.steps, self.objective = steps, objective
         # Where and when: a sweep's table and its GPU placement are checked from these.
+        # `started` is this leg's start; a resumed run also keeps when its first leg started.
         self.origin = {"started": _now(), "host": socket.gethostname(),
                        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        if resumed_from is not None:
+            before = read_status(run_dir)
+            self.origin["first_started"] = before.get("first_started") or before.get("started")
+            self.origin["resumed_from_step"] = resumed_from
 
     def _write(self, status: str, step: int, **fields) -> dict:
         assert status in STATUSES, status

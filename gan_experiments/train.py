@@ -449,8 +449,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
     device = resolve_device(cfg.trainer.device)
     if on_start is not None:
         on_start()
-    status = RunStatus(run_dir, cfg.trainer.steps)
     step = saved["gan"]["step"] if saved else 0
+    status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if saved else None)
     status.running(step)
     session = None
     try:
