@@ -81,9 +81,10 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("gpus_per_job", gpus_per_job, replace=True)
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     # Hydra's Ray launcher caps the object store of a Ray it starts, but Ray refuses that
-    # setting when joining an existing cluster (address set).
+    # setting when joining an existing cluster.
     OmegaConf.register_new_resolver(
-        "ray_object_store", lambda address: None if address else 78_643_200, replace=True)
+        "ray_object_store", lambda address: 78_643_200 if address in (None, "local") else None,
+        replace=True)
 
 
 def override_key(override: str) -> str:

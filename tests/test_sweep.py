@@ -62,7 +62,16 @@ LONGER = ["trainer.steps=300", "trainer.sample_every=100", "trainer.checkpoint_e
 def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["model.latent_dim=8,-1", f"hydra.sweep.dir={sweep_dir}"]
-    result = sweep(*args, cwd=tmp_path, preset=LONGER)
+    # A `ray start` whose head has died leaves its address record behind; a local sweep must
+    # start its own Ray rather than try to join that dead cluster.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_tmp)}
+    try:
+        result = sweep(*args, cwd=tmp_path, preset=LONGER, env=env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     # Folders are named by what varies; the constant preset stays in multirun.yaml.
     good, bad = sweep_dir / "model.latent_dim=8", sweep_dir / "model.latent_dim=-1"
