@@ -71,7 +71,7 @@ def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int, all_overr
         return f"trial={job_num}"
     swept = swept_keys(sweep_dir)
     pairs = sorted(o.split("=", 1) for o in overrides if "=" in o)
-    named = [f"{key.lstrip('+~')}={value}" for key, value in pairs if key.lstrip("+~") in swept]
+    named = [f"{override_key(key)}={value}" for key, value in pairs if override_key(key) in swept]
     # Nothing varies (or multirun.yaml is out of reach): Hydra's override_dirname, which leaves
     # out the keys that do not change what is computed (resume, device, data paths).
     return _safe_part(",".join(named) or all_overrides)
