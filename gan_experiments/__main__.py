@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import StartRefused
+from gan_experiments.lifecycle import RunPaths, StartRefused
 from gan_experiments.summaries import HParams
 from gan_experiments.sweep import prepare_job, quiet_console, release_gpu_memory, swept_keys
 from gan_experiments.train import final_value, train
@@ -42,11 +42,18 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> N
     """What Hydra writes into .hydra/ (conf/config.yaml sets hydra.output_subdir to null so
     Hydra does not), written only once the start is accepted: a refused start must leave an
     earlier run's record as it was."""
-    folder = run_dir / ".hydra"
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, folder / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
-    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+    paths = RunPaths(run_dir)
+    paths.hydra.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, paths.config)
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), paths.hydra / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, paths.overrides)
+
+
+def describe(summary: dict) -> str:
+    """The run's headline number as one phrase."""
+    value = summary.get("value")
+    shown = "not measured" if value is None else f"{value:.4g}"
+    return f"{summary.get('objective') or 'objective'} = {shown}"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -96,8 +103,11 @@ def main(cfg: DictConfig) -> float | None:
         print(f"{job}: {summary['status']} at step {summary['step']}, {summary['objective']}={shown}",
               flush=True)
     else:
-        print(f"\nRun finished ({summary['status']}, step {summary['step']}). Outputs: {run_dir}\n"
-              f"View it with: tensorboard --logdir {run_dir}")
+        grid = RunPaths(run_dir).last_sample()
+        print(f"\nRun finished ({summary['status']}, step {summary['step']}): {describe(summary)}\n"
+              f"Outputs: {run_dir}\n"
+              + (f"Sample grid: {grid}\n" if grid else "")
+              + f"View it with: tensorboard --logdir {run_dir}")
     return value
 
 

@@ -8,6 +8,7 @@ only `RunStatus` writes it.
 import json
 import os
 import socket
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -28,8 +29,52 @@ class StartRefused(UserError):
     Raised before anything is written."""
 
 
+@dataclass(frozen=True)
+class RunPaths:
+    """Every file of a run folder, named once: the runner, the sweep, the report and the
+    sampler all find a run's files through this."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def hydra(self) -> Path:
+        """The composed config, Hydra's own config and the command-line overrides."""
+        return self.root / ".hydra"
+
+    @property
+    def config(self) -> Path:
+        return self.hydra / "config.yaml"
+
+    @property
+    def overrides(self) -> Path:
+        return self.hydra / "overrides.yaml"
+
+    def sample(self, step: int, tag: str = "samples") -> Path:
+        return self.root / tag / f"step_{step:06d}.png"
+
+    def last_sample(self, tag: str = "samples") -> Path | None:
+        """The grid (or scatter plot) of the highest step, if any was written."""
+        grids = (self.root / tag).glob("step_*.png")
+        return max(grids, key=lambda p: int(p.stem.removeprefix("step_")), default=None)
+
+
 def checkpoint_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints" / "last.pt"
+    return RunPaths(run_dir).checkpoint
 
 
 def check_start(cfg, run_dir: Path, config: dict) -> dict | None:
@@ -68,7 +113,7 @@ class RunStatus:
     """status.json: what state the run is in, and what it measured, each metric with its step."""
 
     def __init__(self, run_dir: Path, steps: int, objective: str = "", resumed_from: int | None = None):
-        self.path = Path(run_dir) / "status.json"
+        self.path = RunPaths(run_dir).status
         self.steps, self.objective = steps, objective
         # Where and when: a sweep's table and its GPU placement are checked from these.
         # `started` is this leg's start; a resumed run also keeps when its first leg started.
@@ -104,6 +149,6 @@ class RunStatus:
 
 def read_status(run_dir: Path) -> dict:
     try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
+        return json.loads(RunPaths(run_dir).status.read_text())
     except (OSError, ValueError):
         return {}

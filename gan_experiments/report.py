@@ -17,6 +17,7 @@ from typing import NamedTuple
 import yaml
 
 from gan_experiments import report_figures as figures
+from gan_experiments.lifecycle import RunPaths
 from gan_experiments.report_figures import Picture, Table
 from gan_experiments.sweep import find_runs, override_key
 
@@ -137,7 +138,7 @@ def csv_cells(rows: list[Row], columns: list[str], objective: str) -> list[list]
 # --- Against the paper ---------------------------------------------------------------------
 
 def load_config(run: dict) -> dict:
-    path = Path(run["dir"], ".hydra", "config.yaml")
+    path = RunPaths(run["dir"]).config
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
@@ -245,11 +246,11 @@ def reference_section(rows: list[Row]) -> tuple[str, list] | None:
 
 def representative_sample(row: Row) -> tuple[str, Path] | None:
     """The last sample grid of the config's lowest ok seed (else of any run that has one)."""
-    with_samples = [r for r in row.runs if figures.last_sample(r["dir"])]
+    with_samples = [r for r in row.runs if RunPaths(r["dir"]).last_sample()]
     if not with_samples:
         return None
     run = min(with_samples, key=lambda r: (run_status(r) != "ok", seed_of(r)))
-    png = figures.last_sample(run["dir"])
+    png = RunPaths(run["dir"]).last_sample()
     step = int(png.stem.removeprefix("step_"))
     return f"{figures.wrap(row.config)}\nseed {seed_of(run)}, {run_status(run)}, step {step}", png
 

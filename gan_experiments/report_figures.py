@@ -119,12 +119,6 @@ def objective_chart(values: dict[str, list[float]], objective: str, maximise: bo
     return True
 
 
-def last_sample(run_dir: Path) -> Path | None:
-    """The run's sample grid (or scatter plot) from its highest step."""
-    grids = list(Path(run_dir, "samples").glob("step_*.png"))
-    return max(grids, key=lambda p: int(p.stem.removeprefix("step_")), default=None)
-
-
 def sample_grids(samples: dict[str, Path], png: Path) -> bool:
     """The given PNGs side by side (four per row), each titled by its label."""
     if not samples:

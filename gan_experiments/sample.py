@@ -13,12 +13,13 @@ from torchvision.utils import save_image
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
+from gan_experiments.lifecycle import RunPaths
 from gan_experiments.summaries import image_grid
 from gan_experiments.train import build
 
 
 def load_generator(run_dir: Path, ema: bool = False) -> torch.nn.Module:
-    state = checkpoint.load(Path(run_dir) / "checkpoints" / "last.pt", "cpu")
+    state = checkpoint.load(RunPaths(run_dir).checkpoint, "cpu")
     cfg = OmegaConf.create(state["config"])
     generator, _ = build(cfg.model, data_shape=tuple(state["data_shape"]), is_image=state["is_image"])
     weights = state["gan"]["generator"]

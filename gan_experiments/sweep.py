@@ -12,7 +12,14 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan_experiments.lifecycle import FINAL, STATUSES, StartRefused, checkpoint_path, read_status
+from gan_experiments.lifecycle import (
+    FINAL,
+    STATUSES,
+    RunPaths,
+    StartRefused,
+    checkpoint_path,
+    read_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +105,7 @@ def prepare_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ignored: l
     earlier attempt left one. Folders are named by the swept keys only, so a folder whose
     recorded overrides differ (a constant changed, another Optuna trial) is refused, never
     skipped or resumed."""
-    recorded = Path(run_dir) / ".hydra" / "overrides.yaml"
+    recorded = RunPaths(run_dir).overrides
     if recorded.is_file():
         def relevant(items):
             return sorted(o for o in items if override_key(o) not in ignored)
@@ -147,7 +154,7 @@ def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[dict]:
     runs = []
     for status_file in sorted(Path(sweep_dir).glob(pattern)):
         run_dir = status_file.parent
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides_file = RunPaths(run_dir).overrides
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         overrides = [o for o in overrides or [] if override_key(o) not in RESULT_NEUTRAL]
         runs.append({"dir": run_dir, "overrides": overrides,
@@ -186,7 +193,7 @@ def write_status_table(sweep_dir: Path) -> list[dict]:
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     # A refused start writes nothing into its job's folder, so it is no job of the table.
     unstarted = sorted(d.name for d in Path(sweep_dir).iterdir()
-                       if d.is_dir() and not (d / "status.json").exists() and not d.name.startswith("."))
+                       if d.is_dir() and not RunPaths(d).status.exists() and not d.name.startswith("."))
     print("\n".join(lines), file=sys.stdout)
     print(f"\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + (f". Not started (start refused, see the sweep's output): {', '.join(unstarted)}" if unstarted else "")

@@ -21,13 +21,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import RunStatus, StartRefused, check_start, checkpoint_path
+from gan_experiments.lifecycle import (
+    RunPaths,
+    RunStatus,
+    StartRefused,
+    check_start,
+    checkpoint_path,
+)
 from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
 from gan_experiments.metrics.evaluator import Evaluator
+from gan_experiments.progress import Progress
 from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
 
 log = logging.getLogger(__name__)
@@ -291,6 +297,7 @@ class Session:
     autocast: Callable
     writer: SummaryWriter
     reference_points: torch.Tensor | None
+    progress: Progress
     noise_horizon: int  # fixed at the first start: raising trainer.steps on resume keeps it
     last: dict = field(default_factory=dict)  # the last logged scalars, at `last_step`
     last_step: int = 0
@@ -306,8 +313,10 @@ class Session:
 def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | None,
            config: dict, status: RunStatus, hparams: HParams | None) -> Session:
     tc = cfg.trainer
+    progress = Progress(tc.progress)
     seed_everything(cfg.seed)
-    data = build(cfg.data, device=device)
+    with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):
+        data = build(cfg.data, device=device)
     gan = build_gan(cfg, data, device)
     reference_points = None if data.is_image else data.sample(
         tc.num_samples * POINTS_PER_IMAGE, generator=torch.Generator(device).manual_seed(cfg.seed))
@@ -320,7 +329,7 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | N
             scaler.load_state_dict(state)  # fp16 resumes with the loss scale it had reached
         checkpoint.set_rng_state(saved["rng"])
         log.info("Resumed %s at step %d.", run_dir, gan.step)
-    evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed)
+    evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)
     status.objective = evaluator.objective(cfg.eval.objective)
     maybe_compile(gan, cfg, device)
     # Events up to the checkpoint's step were written before it; later ones are redone now.
@@ -328,7 +337,7 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | N
     session = Session(
         cfg, run_dir, config, status, data, gan, make_losses(cfg), evaluator, scalers,
         _autocast_factory(device, str(config["trainer"]["precision"])), writer, reference_points,
-        noise_horizon=saved.get("noise_horizon") or _first_horizon(saved.get("config"), tc),
+        progress, noise_horizon=saved.get("noise_horizon") or _first_horizon(saved.get("config"), tc),
         last=saved.get("last", {}), last_step=saved.get("last_step", 0), metrics=saved.get("metrics", {}),
     )
     metric_tags = [f"metrics{suffix}/{name}" for suffix in session.generators for name in evaluator.names]
@@ -372,7 +381,7 @@ def sample_now(s: Session) -> None:
             fake = g(s.gan.fixed_noise)
         g.train(was_training)
         log_samples(s.writer, tag, fake, s.reference_points, s.gan.step,
-                    s.run_dir / tag / f"step_{s.gan.step:06d}.png")
+                    RunPaths(s.run_dir).sample(s.gan.step, tag))
 
 
 def evaluate_now(s: Session) -> None:
@@ -388,7 +397,7 @@ def run_loop(s: Session, stop: threading.Event) -> str:
     ok | diverged | interrupted."""
     cfg, tc, gan = s.cfg, s.cfg.trainer, s.gan
     nonfinite = torch.zeros((), dtype=torch.bool, device=gan.fixed_noise.device)
-    bar = tqdm(total=tc.steps, initial=gan.step, disable=not tc.progress, dynamic_ncols=True, desc="train")
+    bar = s.progress.bar("Training", tc.steps, initial=gan.step)
     outcome = "ok"
     while gan.step < tc.steps:
         noise_std = instance_noise_std(gan.step, tc.instance_noise, s.noise_horizon)
@@ -408,7 +417,9 @@ def run_loop(s: Session, stop: threading.Event) -> str:
         if gan.step % tc.sample_every == 0 or gan.step == tc.steps:
             sample_now(s)
         if s.evaluator.enabled and (gan.step == tc.steps or cfg.eval.every and gan.step % cfg.eval.every == 0):
+            bar.set_description_str("Evaluating")
             evaluate_now(s)
+            bar.set_description_str("Training")
         if at_checkpoint or stop.is_set():
             save_checkpoint(s)
             s.status.running(gan.step)
@@ -431,7 +442,7 @@ def finish(s: Session, outcome: str) -> dict:
             s.metrics[tag] = {"value": s.last[tag.replace("final/loss_", "loss/")], "step": s.last_step}
             s.writer.add_scalar(tag, s.metrics[tag]["value"], step)
     s.writer.close()
-    checkpoint.write_json(s.run_dir / "metrics.json",
+    checkpoint.write_json(RunPaths(s.run_dir).metrics,
                           {"status": outcome, "step": step, **s.evaluator.info, "metrics": s.metrics})
     return s.status.end(outcome, step, s.metrics)
 

@@ -17,11 +17,15 @@ FAST = [*TINY, *TINY_MODEL["dcgan"]]
 def test_run_writes_outputs_and_names_them(tmp_path):
     result = run_cli(*FAST, "loss=smooth", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"tensorboard --logdir {tmp_path}/run" in result.stdout.strip().splitlines()[-1]
+    *_, finished, outputs, grid, view = result.stdout.strip().splitlines()
+    assert finished.startswith("Run finished (ok, step 4): fid_classifier = ")
+    assert grid == f"Sample grid: {tmp_path}/run/samples/step_000004.png"
+    assert view == f"View it with: tensorboard --logdir {tmp_path}/run"
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "ok"
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_misspelt_key_fails_at_composition(tmp_path):
     result = run_cli("trainer.stepz=3", cwd=tmp_path)
     assert result.returncode == 1 and "stepz" in result.stderr

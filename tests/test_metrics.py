@@ -126,3 +126,23 @@ def test_sample_export_round_trips(tmp_path):
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(SystemExit, match="no checkpoint"):
         sample.main([str(run)])
+
+
+def test_the_default_datas_classifier_ships_and_is_hash_checked(tmp_path, caplog, monkeypatch):
+    """mnist_5k's classifier comes from the package (no minute of training, nothing cached);
+    a damaged copy is not used."""
+    digits5k = data.mnist_5k(cache_dir=str(tmp_path / "data-cache"))
+    model, accuracy = classifier.load_or_train(digits5k, tmp_path / "cache", steps=1000)
+    assert accuracy == pytest.approx(0.976, abs=1e-3)
+    assert not (tmp_path / "cache").exists()  # read from the package, so nothing was trained
+    x = data.to_signed_unit(digits5k.images[:500])
+    assert (model(x).argmax(1) == digits5k.labels[:500]).float().mean() > 0.95
+
+    (name, digest), = classifier.SHIPPED.items()
+    assert classifier.file_sha256(classifier.SHIPPED_DIR / name) == digest
+    damaged = tmp_path / "weights"
+    damaged.mkdir()
+    (damaged / name).write_bytes((classifier.SHIPPED_DIR / name).read_bytes()[:-10])
+    monkeypatch.setattr(classifier, "SHIPPED_DIR", damaged)
+    assert classifier.shipped_path(name.removeprefix("classifier-").removesuffix(".pt")) is None
+    assert "does not match its sha256" in caplog.text

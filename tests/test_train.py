@@ -1,6 +1,8 @@
 """Training end to end: every model x loss, TensorBoard output, checkpoints, resume, faults."""
 
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -145,3 +147,27 @@ def test_d_steps_runs_several_discriminator_updates(tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["gan"]
     # SGD keeps no state, so count steps through the scheduler's own counters instead.
     assert state["sched_d"]["_step_count"] == state["sched_g"]["_step_count"] == 3
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_sees_each_phase_with_bars(tmp_path, monkeypatch):
+    """On a TTY: loading data, training the evaluation classifier (with its bar), training
+    and evaluating; with trainer.progress=true only, and never into a log file."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(tiny_cfg("trainer.progress=true", f"eval.cache_dir={tmp_path}/cache"), tmp_path / "run")
+    shown = terminal.getvalue()
+    for phase in ("Loading data (digits) ...", "Training the evaluation classifier (once; cached)",
+                  "Training", "Evaluating", "4/4"):
+        assert phase in shown, phase
+    assert "200/200" in shown  # the classifier's bar counts its steps (eval.classifier_steps)
+
+    terminal.seek(0), terminal.truncate()
+    train(tiny_cfg("trainer.progress=false"), tmp_path / "quiet")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    train(tiny_cfg("trainer.progress=true"), tmp_path / "log")
+    assert terminal.getvalue() == "" and sys.stderr.getvalue() == ""

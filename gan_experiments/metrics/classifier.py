@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gan_experiments.metrics.frechet import frechet_distance
+from gan_experiments.progress import Progress
 
 log = logging.getLogger(__name__)
 FEATURES = 128
@@ -44,10 +45,11 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_classifier(images_uint8, labels, steps: int, seed: int = 0):
+def train_classifier(images_uint8, labels, steps: int, seed: int = 0, progress: Progress | None = None):
     """Returns (classifier, held-out accuracy). 10% of the data is held out for the accuracy."""
     from gan_experiments.data import to_signed_unit
 
+    progress = progress or Progress(False)
     with torch.random.fork_rng(devices=[]):  # leaves the training run's RNG stream alone
         torch.manual_seed(seed)
         x, y = to_signed_unit(images_uint8.cpu()), labels.cpu()
@@ -57,30 +59,61 @@ def train_classifier(images_uint8, labels, steps: int, seed: int = 0):
         model = Classifier(x.shape[1], int(y.max()) + 1)
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        for _ in range(steps):
-            batch = fit[torch.randint(len(fit), (128,))]
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+        with progress.bar("Training the evaluation classifier (once; cached)", steps) as bar:
+            for _ in range(steps):
+                batch = fit[torch.randint(len(fit), (128,))]
+                loss = F.cross_entropy(model(x[batch]), y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update(1)
         model.eval()
         with torch.no_grad():
             accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     return model, accuracy
 
 
-def load_or_train(data, cache_dir: Path, steps: int):
-    """The dataset's classifier from `cache_dir`, training and caching it on first use."""
+# Classifiers trained once by this project and shipped in the package, so the default run
+# (data=mnist_5k) spends no minute training one: file name -> sha256 of the file. Each was made
+# by `python -m gan_experiments.metrics.classifier mnist_5k` (train_classifier, seed 0).
+SHIPPED_DIR = Path(__file__).parent / "weights"
+SHIPPED = {
+    "classifier-mnist_5k-ff1f5ed9743bb2fc-s1000.pt":
+        "3b714ca58e9821dfe35821903a9990a5e5499d5d44dae7bcda39cc9f819185cf",
+}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_path(key: str) -> Path | None:
+    """The packaged weights for `key`, if the package ships them intact."""
+    name = f"classifier-{key}.pt"
+    path = SHIPPED_DIR / name
+    if name not in SHIPPED or not path.is_file():
+        return None
+    if file_sha256(path) != SHIPPED[name]:
+        log.warning("The shipped classifier %s does not match its sha256 (a damaged install?); "
+                    "training one instead. Reinstalling the package restores it.", path)
+        return None
+    return path
+
+
+def load_or_train(data, cache_dir: Path, steps: int, progress: Progress | None = None):
+    """The dataset's classifier: shipped with the package, else from `cache_dir`, else trained
+    and cached on first use. Returns (model in eval mode, held-out accuracy)."""
     key = f"{data.name}-{fingerprint(data.images, data.labels)}-s{steps}"
     path = Path(cache_dir).expanduser() / f"classifier-{key}.pt"
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+    found = shipped_path(key) or (path if path.is_file() else None)
+    if found is not None:
+        saved = torch.load(found, map_location="cpu", weights_only=True)
         model = Classifier(saved["channels"], saved["num_classes"])
         model.load_state_dict(saved["state"])
         return model.eval(), saved["accuracy"]
     log.info("Training the evaluation classifier for %s (cached at %s).", data.name, path)
-    model, accuracy = train_classifier(data.images, data.labels, steps)
+    model, accuracy = train_classifier(data.images, data.labels, steps, progress=progress)
     from gan_experiments.checkpoint import save
 
     save(path, {"state": model.state_dict(), "channels": data.shape[0],
@@ -110,3 +143,33 @@ class ClassifierMetrics:
             "class_coverage": int(present.sum()),
             "class_kl": class_kl,
         }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train a dataset's classifier as a run would and write it where the package ships it."""
+    import argparse
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from gan_experiments.checkpoint import save
+
+    parser = argparse.ArgumentParser(prog="python -m gan_experiments.metrics.classifier",
+                                     description=main.__doc__)
+    parser.add_argument("data", nargs="?", default="mnist_5k", help="a conf/data option (mnist_5k)")
+    parser.add_argument("--steps", type=int, default=1000, help="as eval.classifier_steps (1000)")
+    parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
+    args = parser.parse_args(argv)
+    conf = Path(__file__).resolve().parents[2] / "conf" / "data" / f"{args.data}.yaml"
+    node = OmegaConf.load(conf)
+    node.pop("defaults", None)
+    data = instantiate(node)
+    model, accuracy = train_classifier(data.images, data.labels, args.steps, progress=Progress(True))
+    path = args.out / f"classifier-{data.name}-{fingerprint(data.images, data.labels)}-s{args.steps}.pt"
+    save(path, {"state": model.state_dict(), "channels": data.shape[0],
+                "num_classes": model.head.out_features, "accuracy": accuracy})
+    print(f"{path}: held-out accuracy {accuracy:.3f}, sha256 {file_sha256(path)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,14 +9,16 @@ from omegaconf import DictConfig
 from gan_experiments.errors import UserError
 from gan_experiments.metrics import classifier, inception
 from gan_experiments.metrics.modes import mode_metrics
+from gan_experiments.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 class Evaluator:
-    def __init__(self, cfg: DictConfig, data, latent_dim: int, device: torch.device, seed: int):
+    def __init__(self, cfg: DictConfig, data, latent_dim: int, device: torch.device, seed: int,
+                 progress: Progress | None = None):
         self.cfg, self.data, self.latent_dim, self.device = cfg, data, latent_dim, device
-        self.seed = seed
+        self.seed, self.progress = seed, progress or Progress(False)
         self.metric_fns, self.names = [], []
         self.info: dict[str, float] = {}
         # Building metric models draws random initial weights: keep that out of the run's RNG
@@ -35,7 +37,8 @@ class Evaluator:
         real = self._real_images()
         labels = getattr(data, "labels", None)
         if cfg.classifier and labels is not None and len(torch.unique(labels)) > 1:
-            model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps)
+            model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps,
+                                                       self.progress)
             self.info["classifier_accuracy"] = accuracy
             self.metric_fns.append(classifier.ClassifierMetrics(model, real, labels))
             self.names += ["fid_classifier", "class_coverage", "class_kl"]
