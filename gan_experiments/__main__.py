@@ -14,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import RunPaths, StartRefused
+from gan_experiments.lifecycle import RunPaths, StartRefused, claim, decide_start
 from gan_experiments.summaries import HParams
-from gan_experiments.sweep import prepare_job, quiet_console, release_gpu_memory, swept_keys
-from gan_experiments.train import final_value, train
+from gan_experiments.sweep import quiet_console, release_gpu_memory, swept_keys
+from gan_experiments.train import final_value, resolved, train
 
 log = logging.getLogger("gan_experiments")
 # Ray folds similar lines from different jobs into "[repeated 2x]": each job's start and end
@@ -44,7 +44,7 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> N
     earlier run's record as it was."""
     paths = RunPaths(run_dir)
     paths.hydra.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, paths.config)
+    OmegaConf.save(cfg, paths.config, resolve=True)  # what decide_start compares a restart with
     OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), paths.hydra / "hydra.yaml")
     OmegaConf.save(hydra_cfg.overrides.task, paths.overrides)
 
@@ -61,27 +61,29 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job = f"[job {hydra_cfg.job.num}] {run_dir.name}" if multirun else str(run_dir)
     swept: set[str] = set()
     if multirun:
-        job = f"[job {hydra_cfg.job.num}] {run_dir.name}"
         quiet_console()
         cfg.trainer.progress = False
-        try:
-            finished = prepare_job(cfg, run_dir, list(hydra_cfg.overrides.task),
-                                   list(hydra_cfg.job.config.override_dirname.exclude_keys))
-        except StartRefused as error:
-            print(f"{job}: start refused: {error}", flush=True)
-            return None
-        if finished is not None:
-            print(f"{job}: already {finished['status']}, skipped", flush=True)
-            return final_value(finished)
-        print(f"{job}: {'resuming' if cfg.resume else 'started'}", flush=True)
         optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         swept = ({o.split("=", 1)[0] for o in hydra_cfg.overrides.task} if optuna
                  else swept_keys(hydra_cfg.sweep.dir))
     try:
-        summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept),
-                        on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg))
+        with claim(run_dir):
+            # A sweep run again continues its jobs; a single run does so with resume=true.
+            start = decide_start(run_dir, resolved(cfg), rerun=multirun)
+            if start.kind == "skip":
+                summary = start.status
+                print(f"{job}: already {summary['status']}, skipped" if multirun else
+                      f"\n{run_dir} already finished ({summary['status']} at step "
+                      f"{summary['step']}); nothing to do. Raise trainer.steps to train it further.",
+                      flush=True)
+                return final_value(summary)
+            if multirun:
+                print(f"{job}: {'resuming' if start.kind == 'resume' else 'started'}", flush=True)
+            summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept),
+                            on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg), start=start)
     except StartRefused as error:  # nothing was written: the run dir is as it was
         if multirun:
             print(f"{job}: start refused: {error}", flush=True)

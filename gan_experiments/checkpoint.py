@@ -12,12 +12,6 @@ import torch
 
 from gan_experiments.errors import UserError
 
-# Keys that may change between a run and its resumption without changing what is computed.
-RESUMABLE_CHANGES = (
-    "resume", "trainer.steps", "trainer.log_every", "trainer.sample_every",
-    "trainer.checkpoint_every", "trainer.progress", "trainer.device",
-)
-
 
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder and rename it over `path`: a reader
@@ -117,11 +111,3 @@ def flatten(tree, prefix: str = "") -> dict:
             out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: tree}
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys whose values differ, as 'key: saved -> current', ignoring RESUMABLE_CHANGES."""
-    old, new = flatten(saved), flatten(current)
-    keys = sorted(k for k in old.keys() | new.keys() if k not in RESUMABLE_CHANGES)
-    return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys
-            if old.get(k, "<absent>") != new.get(k, "<absent>")]

@@ -8,9 +8,13 @@ only `RunStatus` writes it.
 import json
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+import yaml
+from filelock import FileLock, Timeout
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
@@ -52,6 +56,11 @@ class RunPaths:
         return self.root / "metrics.json"
 
     @property
+    def lock(self) -> Path:
+        """Held by the process that trains in the folder (`claim`)."""
+        return self.root / ".lock"
+
+    @property
     def hydra(self) -> Path:
         """The composed config, Hydra's own config and the command-line overrides."""
         return self.root / ".hydra"
@@ -77,32 +86,137 @@ def checkpoint_path(run_dir: Path) -> Path:
     return RunPaths(run_dir).checkpoint
 
 
-def check_start(cfg, run_dir: Path, config: dict) -> dict | None:
-    """The checkpoint to resume from (loaded onto the CPU), or None for a fresh run. Raises
-    StartRefused; writes nothing."""
-    run_dir, tc = Path(run_dir), cfg.trainer
-    if checkpoint_path(run_dir).exists() and not cfg.resume:
-        raise StartRefused(
-            f"{run_dir} already holds a checkpoint. Pass resume=true to continue that run, or "
-            f"choose a new hydra.run.dir: a new run here would overwrite it."
-        )
-    for name in ("steps", "batch_size", "d_steps", "log_every", "sample_every", "checkpoint_every"):
-        if tc[name] < 1:
-            raise StartRefused(f"trainer.{name} must be at least 1, got {tc[name]}.")
-    if not cfg.resume:
-        return None
+# The one answer to "is this the same experiment?". Keys that may differ between the starts of
+# one run without changing what it computes (how often it logs, samples and checkpoints, where
+# caches are, the terminal bar, the device); and keys that may change, but not below where the
+# run got: a finished run trains further when trainer.steps grows. Every other key of the
+# resolved config must be equal, or the start is refused.
+RESULT_NEUTRAL = (
+    "resume", "trainer.progress", "trainer.log_every", "trainer.sample_every",
+    "trainer.checkpoint_every", "trainer.device", "eval.every", "eval.cache_dir",
+    "eval.inception_weights", "data.cache_dir",
+)
+GROWABLE = ("trainer.steps",)
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Every key outside RESULT_NEUTRAL and GROWABLE whose value differs between two resolved
+    configs, as 'key: saved -> current'."""
+    old, new = checkpoint.flatten(saved), checkpoint.flatten(current)
+    keys = sorted(k for k in old.keys() | new.keys() if k not in RESULT_NEUTRAL + GROWABLE)
+    return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys
+            if old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a run starts: `fresh`, `resume` from `saved` (a checkpoint, on the CPU), or `skip`
+    because the run in the folder already finished with `status` (its status.json)."""
+
+    kind: str
+    saved: dict | None = None
+    status: dict | None = None
+
+    @property
+    def step(self) -> int:
+        return self.saved["gan"]["step"] if self.saved else 0
+
+
+@contextmanager
+def claim(run_dir: Path):
+    """One process per run dir: a lock on the folder's `.lock` file, held while the start is
+    decided and the run trains. The operating system drops it with its process (flock), so a
+    run killed with -9 leaves no stale lock. Raises StartRefused if another process holds it.
+    A start refused inside leaves a folder that held no run as it was (no lock file, no
+    folder)."""
+    paths = RunPaths(run_dir)
+    created_folder, created_lock = not paths.root.exists(), not paths.lock.exists()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(paths.lock, timeout=0)
     try:
-        saved = checkpoint.load(checkpoint_path(run_dir))
+        lock.acquire()
+    except Timeout:
+        raise StartRefused(
+            f"Another process is using {run_dir}: it holds the folder's lock ({paths.lock}), so "
+            f"a run is training there now. Wait for it to end (or stop it), or choose another "
+            f"hydra.run.dir; two runs in one folder would mix their checkpoints and event files."
+        ) from None
+    try:
+        yield
+    except StartRefused:
+        if created_lock:
+            paths.lock.unlink(missing_ok=True)
+        if created_folder and not any(paths.root.iterdir()):
+            paths.root.rmdir()
+        raise
+    finally:
+        lock.release()
+
+
+def recorded_config(paths: RunPaths, saved: dict | None) -> dict | None:
+    """The resolved config the folder's run was started with: its checkpoint's, else the one
+    written into .hydra/ when it started (a run that failed before its first checkpoint)."""
+    if saved is not None:
+        return saved["config"]
+    try:
+        return yaml.safe_load(paths.config.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def check_counts(trainer) -> None:
+    for name in ("steps", "batch_size", "d_steps", "log_every", "sample_every", "checkpoint_every"):
+        if trainer[name] < 1:
+            raise StartRefused(f"trainer.{name} must be at least 1, got {trainer[name]}.")
+
+
+def load_checkpoint(paths: RunPaths) -> dict:
+    try:
+        return checkpoint.load(paths.checkpoint)
     except UserError as error:
         raise StartRefused(str(error)) from None
-    differences = checkpoint.config_differences(saved["config"], config)
+
+
+def decide_start(run_dir: Path, config: dict, rerun: bool = False) -> Start:
+    """For a single run and a sweep's job alike: fresh | resume | skip, or StartRefused with
+    the reason. `config` is this start's resolved config; `rerun` says a sweep is run again in
+    its sweep dir, which continues its jobs as resume=true does. Reads, writes nothing.
+
+    A folder's run continues only under the same config (up to RESULT_NEUTRAL, and GROWABLE
+    not below the step it reached): a finished run (ok, diverged) is skipped, or trained
+    further when trainer.steps grew; an interrupted, failed or killed one resumes from its
+    checkpoint, or starts over if it had none."""
+    check_counts(config["trainer"])
+    paths = RunPaths(run_dir)
+    status = read_status(run_dir)
+    has_checkpoint = paths.checkpoint.exists()
+    if not status and not has_checkpoint:
+        if config["resume"] and not rerun:
+            load_checkpoint(paths)  # refuses, saying where resume=true should point
+        return Start("fresh")
+    if not (config["resume"] or rerun):
+        held = f"a run ({status['status']} at step {status['step']})" if status else "a checkpoint"
+        raise StartRefused(
+            f"{run_dir} already holds {held}. Pass resume=true to continue that run, or choose "
+            f"a new hydra.run.dir: a new run here would overwrite it."
+        )
+    saved = load_checkpoint(paths) if has_checkpoint else None
+    recorded = recorded_config(paths, saved)
+    differences = config_differences(recorded, config) if recorded is not None else []
+    reached = saved["gan"]["step"] if saved else 0
+    if config["trainer"]["steps"] < reached:
+        differences.append(f"trainer.steps={config['trainer']['steps']} is below step {reached}, "
+                           f"which the run reached")
     if differences:
         raise StartRefused(
-            f"Cannot resume {run_dir}: the config differs from the one it was trained with in "
-            f"{'; '.join(differences)}. Resume with the original values (shown first), or start "
-            f"a new run in another hydra.run.dir."
+            f"{run_dir} holds a run of another config: {'; '.join(differences)} (the folder's "
+            f"values first). Continue it with the values it was started with, or start a new "
+            f"run in another hydra.run.dir (a sweep: another hydra.sweep.dir)."
         )
-    return saved
+    finished = status.get("status") in FINAL
+    if finished and (status["status"] == "diverged" or config["trainer"]["steps"] == reached):
+        return Start("skip", status=status)
+    return Start("resume", saved=saved) if saved is not None else Start("fresh")
 
 
 def _now() -> str:

@@ -1,5 +1,6 @@
-"""What a multirun adds to a single run: GPU shares for Ray's scheduler, skipping and resuming
-jobs of a sweep that is run again, a quiet terminal, and the sweep's status table."""
+"""What a multirun adds to a single run: GPU shares for Ray's scheduler, job folder names, a
+quiet terminal, and the sweep's status table. Whether a job of a sweep run again is skipped,
+resumed or refused is `lifecycle.decide_start`'s answer, the same as for a single run."""
 
 import csv
 import hashlib
@@ -12,14 +13,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from gan_experiments.lifecycle import (
-    FINAL,
-    STATUSES,
-    RunPaths,
-    StartRefused,
-    checkpoint_path,
-    read_status,
-)
+from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_status
 
 log = logging.getLogger(__name__)
 
@@ -99,32 +93,6 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def prepare_job(cfg: DictConfig, run_dir: Path, overrides: list[str], ignored: list[str]) -> dict | None:
-    """For a job of a sweep that runs again in the same sweep dir: the finished summary to
-    reuse (the job is skipped), or None to train, resuming from the job's checkpoint if an
-    earlier attempt left one. Folders are named by the swept keys only, so a folder whose
-    recorded overrides differ (a constant changed, another Optuna trial) is refused, never
-    skipped or resumed."""
-    recorded = RunPaths(run_dir).overrides
-    if recorded.is_file():
-        def relevant(items):
-            return sorted(o for o in items if override_key(o) not in ignored)
-
-        before = relevant(yaml.safe_load(recorded.read_text()) or [])
-        if before != relevant(overrides):
-            raise StartRefused(
-                f"{run_dir} holds a run with other overrides ({' '.join(before)}) than this job "
-                f"({' '.join(relevant(overrides))}). Use a new hydra.sweep.dir, or the overrides "
-                f"that sweep was started with."
-            )
-    status = read_status(run_dir)
-    if status.get("status") in FINAL:
-        return status
-    if checkpoint_path(run_dir).is_file():
-        cfg.resume = True
-    return None
-
-
 def release_gpu_memory() -> None:
     import gc
 
@@ -141,11 +109,6 @@ def quiet_console() -> None:
     for handler in list(root.handlers):
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
-
-
-# Overrides a rerun may add to finish a job without changing its results. Not the sweep's whole
-# exclude_keys: data.path or trainer.device may be what a sweep varies.
-RESULT_NEUTRAL = ("resume", "trainer.progress")
 
 
 def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[dict]:

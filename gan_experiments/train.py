@@ -27,9 +27,11 @@ from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import (
     RunPaths,
     RunStatus,
+    Start,
     StartRefused,
-    check_start,
     checkpoint_path,
+    claim,
+    decide_start,
 )
 from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
 from gan_experiments.metrics.evaluator import Evaluator
@@ -447,27 +449,40 @@ def finish(s: Session, outcome: str) -> dict:
     return s.status.end(outcome, step, s.metrics)
 
 
-def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
-          on_start: Callable[[], None] | None = None) -> dict:
-    """Train as `cfg` says, writing into `run_dir`; returns what status.json says at the end.
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain values: what a checkpoint records and a start is compared by."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
-    A start that `check_start` refuses raises StartRefused with the run dir untouched. After
-    the start (and `on_start`, which the runner uses to record the config), any error leaves
-    status `failed` and is raised again."""
+
+def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
+          on_start: Callable[[], None] | None = None, start: Start | None = None) -> dict:
+    """Train as `cfg` says, writing into `run_dir`; returns what status.json says at the end
+    (for a skipped run, what it already said).
+
+    `start` is the caller's decision (`lifecycle.decide_start`), taken while it holds the
+    folder (`lifecycle.claim`); without one, train claims the folder and decides itself
+    (resume=true continues what the folder holds). A refused start raises StartRefused with the
+    run dir untouched. After the start (and `on_start`, which the runner uses to record the
+    config), any error leaves status `failed` and is raised again."""
     run_dir = Path(run_dir)
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    saved = check_start(cfg, run_dir, config)
+    config = resolved(cfg)
+    if start is None:
+        with claim(run_dir):
+            start = decide_start(run_dir, config)
+            if start.kind == "skip":
+                return start.status
+            return train(cfg, run_dir, hparams, on_start, start)
     device = resolve_device(cfg.trainer.device)
     if on_start is not None:
         on_start()
-    step = saved["gan"]["step"] if saved else 0
-    status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if saved else None)
+    step = start.step
+    status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if start.kind == "resume" else None)
     status.running(step)
     session = None
     try:
         # From here on a signal means: stop at the next step boundary, with a checkpoint.
         with stop_requests() as stop:
-            session = set_up(cfg, run_dir, device, saved, config, status, hparams)
+            session = set_up(cfg, run_dir, device, start.saved, config, status, hparams)
             return finish(session, run_loop(session, stop))
     except BaseException as error:
         if session is not None:

@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import CONF, TINY, TINY_MODEL, read_events
-from gan_experiments.lifecycle import StartRefused
-from gan_experiments.sweep import gpus_per_job, job_dirname, prepare_job
+from gan_experiments.sweep import gpus_per_job, job_dirname
 
 
 def sweep(*args, cwd, preset=(), timeout=300, env=None):
@@ -159,17 +157,6 @@ def test_job_dirnames_name_what_varies_in_one_safe_path_part(tmp_path):
     assert job_dirname(["loss=bce", "seed=0"], str(tmp_path / "globbed"), basic, 0) == "loss=bce"
     optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert job_dirname(["optimizer.g.lr=0.001"], str(tmp_path), optuna, 7) == "trial=7"
-
-
-def test_a_rerun_refuses_a_job_folder_that_holds_other_overrides(tmp_path):
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "overrides.yaml").write_text("- loss=bce\n- seed=0\n")
-    (tmp_path / "status.json").write_text(json.dumps({"status": "ok", "step": 4, "value": 1.0}))
-    cfg = OmegaConf.create({"resume": False})
-    with pytest.raises(StartRefused, match="other overrides"):
-        prepare_job(cfg, tmp_path, ["loss=bce", "seed=0", "model.pack=2"], ["resume"])
-    finished = prepare_job(cfg, tmp_path, ["seed=0", "loss=bce", "resume=true"], ["resume"])
-    assert finished["status"] == "ok"  # the same job: skipped
 
 
 def test_gpu_share_packs_jobs():
