@@ -16,7 +16,7 @@ from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import RunPaths, StartRefused, claim, decide_start
 from gan_experiments.summaries import HParams
-from gan_experiments.sweep import quiet_console, release_gpu_memory, swept_keys
+from gan_experiments.sweep import quiet_console, register_resolvers, release_gpu_memory, swept_keys
 from gan_experiments.train import final_value, resolved, train
 
 log = logging.getLogger("gan_experiments")
@@ -24,6 +24,7 @@ log = logging.getLogger("gan_experiments")
 # line must show.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 register_configs()
+register_resolvers()
 
 
 def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> HParams:

@@ -9,6 +9,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from gan_experiments.metrics import registry
+
 # --- data -------------------------------------------------------------------------------
 
 
@@ -257,13 +259,13 @@ class Config:
 
 
 def register_configs() -> None:
-    """Schemas and resolvers that composing conf/ needs."""
-    from gan_experiments.sweep import register_resolvers
-
-    register_resolvers()
+    """Schemas and resolvers that composing conf/ needs (a sweep's launcher also needs
+    `sweep.register_resolvers`)."""
     # `${mul:100,${model.pack}}`: PacGAN counts its batch in packed examples, so G draws
     # pack times as many samples.
     OmegaConf.register_new_resolver("mul", lambda *factors: math.prod(int(f) for f in factors), replace=True)
+    # hparams_search=optuna: maximise or minimise as the metric registry says.
+    OmegaConf.register_new_resolver("objective_direction", registry.direction, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, name, node in [

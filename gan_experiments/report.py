@@ -18,11 +18,10 @@ import yaml
 
 from gan_experiments import report_figures as figures
 from gan_experiments.lifecycle import RunPaths
+from gan_experiments.metrics.registry import higher_is_better
 from gan_experiments.report_figures import Picture, Table
 from gan_experiments.sweep import find_runs, override_key
 
-# Metrics where larger is better; every other objective is minimised.
-MAXIMISED = {"modes", "hq", "class_coverage"}
 STATUSES = ("ok", "interrupted", "diverged", "failed", "running")
 METRIC_PREFIXES = ("metrics/", "metrics_ema/", "final/")
 LOSS_TAGS = ["loss/D", "loss/G"]
@@ -109,13 +108,13 @@ def summarise(runs: list[dict], shared: set[str] = frozenset()) -> tuple[list[Ro
                 stat([r["status"].get("value") for r in ok_runs(members)]),
                 {tag: stat([metric_value(r, tag) for r in ok_runs(members)]) for tag in columns})
             for config, members in groups.items()]
-    sign = -1 if objective in MAXIMISED else 1
+    sign = -1 if higher_is_better(objective) else 1
     rows.sort(key=lambda r: (r.objective is None, sign * r.objective.mean if r.objective else 0))
     return rows, columns, objective
 
 
 def results_table(rows: list[Row], columns: list[str], objective: str) -> Table:
-    direction = "max" if objective in MAXIMISED else "min"
+    direction = "max" if higher_is_better(objective) else "min"
     return Table(["config", f"{objective} ({direction})", *STATUSES, *columns],
                  [[r.config, fmt(r.objective), *(str(r.count(s)) for s in STATUSES),
                    *(fmt(r.metrics[c]) for c in columns)] for r in rows])
@@ -209,7 +208,7 @@ def ordering_sentence(rows: list[Row], reference: dict) -> str:
         if sides[side] is None:
             return f"{claim} Not checked: no ok run of {override} reported {metric}."
     better, worse = sides["better"], sides["worse"]
-    maximise = metric in MAXIMISED
+    maximise = higher_is_better(metric)
     same_order = better.mean > worse.mean if maximise else better.mean < worse.mean
     order = "as the paper does" if same_order else "the other way"
     measured = (f"{reference['better']} {fmt(better)} vs {reference['worse']} {fmt(worse)} in "
@@ -266,7 +265,7 @@ def figure_blocks(sweep_dir: Path, rows: list[Row], objective: str) -> list:
         (figures.learning_curves(ok, tags, sweep_dir / "report_curves.png"), "report_curves.png",
          f"Learning curves of {', '.join(tags)}: mean ± std band over the ok runs of each config.",
          f"No learning curves: no ok run has TensorBoard scalars {', '.join(tags)}."),
-        (figures.objective_chart(finals, objective, objective in MAXIMISED,
+        (figures.objective_chart(finals, objective, higher_is_better(objective),
                                  sweep_dir / "report_objective.png"), "report_objective.png",
          f"Final {objective} per config: mean ± std over the ok runs, n in the label.",
          f"No objective chart: no ok run has a value of {objective}."),
@@ -311,7 +310,7 @@ def report(sweep_dir: Path) -> str:
                          f"sweep dir that `python -m gan_experiments -m ...` printed.")
     shared = shared_settings(runs)
     rows, columns, objective = summarise(runs, shared)
-    better = "higher" if objective in MAXIMISED else "lower"
+    better = "higher" if higher_is_better(objective) else "lower"
     intro = (f"Mean ± std (n) over the runs whose status is ok; interrupted, diverged, failed and "
              f"running runs are counted, never averaged in. Sorted by {objective}, {better} is "
              f"better." + (f" Every run has {' '.join(sorted(shared))}." if shared else ""))

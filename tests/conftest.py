@@ -10,10 +10,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from gan_experiments.config import register_configs
+from gan_experiments.sweep import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 register_configs()
+register_resolvers()
 
 # Small enough for a 2-core CPU: a few steps of tiny networks on 8x8 digits.
 EVAL_CACHE = tempfile.mkdtemp(prefix="gan-experiments-test-cache-")

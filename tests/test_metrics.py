@@ -146,3 +146,27 @@ def test_the_default_datas_classifier_ships_and_is_hash_checked(tmp_path, caplog
     monkeypatch.setattr(classifier, "SHIPPED_DIR", damaged)
     assert classifier.shipped_path(name.removeprefix("classifier-").removesuffix(".pt")) is None
     assert "does not match its sha256" in caplog.text
+
+
+def test_one_registry_says_which_way_each_metric_is_better():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from gan_experiments.metrics import registry
+    from gan_experiments.report import summarise
+
+    assert registry.higher_is_better("modes") and registry.higher_is_better("metrics/class_coverage")
+    assert not registry.higher_is_better("fid_classifier") and not registry.higher_is_better("final/loss_G")
+    assert registry.auto_objective(["modes", "hq", "reverse_kl", "loss_G"]) == "reverse_kl"
+    assert registry.auto_objective(["loss_G", "loss_D"]) == "loss_G"
+    for objective, way in (("modes", "maximize"), ("auto", "minimize"), ("fid_classifier", "minimize")):
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=["hparams_search=optuna", f"eval.objective={objective}"],
+                          return_hydra_config=True)
+        assert cfg.hydra.sweeper.direction == way
+    # The report sorts the most modes first.
+    runs = [{"dir": f"r{i}", "overrides": [f"loss={loss}"],
+             "status": {"status": "ok", "objective": "modes", "value": v, "metrics": {}}}
+            for i, (loss, v) in enumerate((("bce", 3), ("nonsat", 8)))]
+    rows, _, _ = summarise(runs)
+    assert [r.config for r in rows] == ["loss=nonsat", "loss=bce"]

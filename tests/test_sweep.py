@@ -207,6 +207,21 @@ def test_optuna_study_survives_failing_and_diverging_trials(tmp_path):
 
 
 @pytest.mark.slow
+def test_optuna_maximises_a_metric_where_higher_is_better(tmp_path):
+    """eval.objective=modes: the study's best trial is the one with the most modes."""
+    sweep_dir = tmp_path / "sweep"
+    result = sweep("hparams_search=optuna", "hydra/launcher=basic", "eval.objective=modes",
+                   "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "trainer.steps=200",
+                   "data.std=0.2", "trainer.sample_every=200", "trainer.checkpoint_every=200", "eval.every=0",
+                   f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    modes = [float(r["value"]) for r in status_table(sweep_dir).values() if r["status"] == "ok"]
+    assert len(modes) == 4 and len(set(modes)) > 1, modes  # else min and max agree
+    assert study["best_value"] == max(modes)
+
+
+@pytest.mark.slow
 def test_a_refused_job_is_no_job_of_the_table(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = sweep("hydra/launcher=basic", "trainer.steps=0,4", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)

@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig
 
 from gan_experiments.errors import UserError
-from gan_experiments.metrics import classifier, inception
+from gan_experiments.metrics import classifier, inception, registry
 from gan_experiments.metrics.modes import mode_metrics
 from gan_experiments.progress import Progress
 
@@ -32,7 +32,7 @@ class Evaluator:
     def _setup(self, cfg: DictConfig, data, device: torch.device) -> None:
         if not data.is_image:
             self.metric_fns.append(lambda fake: mode_metrics(fake, data.centers, data.std))
-            self.names += ["modes", "hq", "reverse_kl"]
+            self.names += registry.names("modes")
             return
         real = self._real_images()
         labels = getattr(data, "labels", None)
@@ -41,7 +41,7 @@ class Evaluator:
                                                        self.progress)
             self.info["classifier_accuracy"] = accuracy
             self.metric_fns.append(classifier.ClassifierMetrics(model, real, labels))
-            self.names += ["fid_classifier", "class_coverage", "class_kl"]
+            self.names += registry.names("classifier")
         elif cfg.classifier:
             log.info("Classifier metrics skipped: %s has no class labels to train on.", data.name)
         if cfg.inception:
@@ -51,7 +51,7 @@ class Evaluator:
                 log.warning("Inception FID/KID skipped: %s.", reason)
             else:
                 self.metric_fns.append(inception.InceptionMetrics(weights, real, device))
-                self.names += ["fid_inception", "kid_inception"]
+                self.names += registry.names("inception")
 
     def _real_images(self) -> torch.Tensor:
         from gan_experiments.data import to_signed_unit
@@ -92,11 +92,12 @@ class Evaluator:
 
     def objective(self, name: str) -> str:
         """The metric a sweeper optimises: `auto` picks the headline metric for the data."""
+        measured = self.names + registry.names("loss")
         if name == "auto":
-            return next((n for n in ("fid_classifier", "reverse_kl") if n in self.names), "loss_G")
-        if name not in self.names + ["loss_G", "loss_D"]:
+            return registry.auto_objective(measured)
+        if name not in measured:
             raise UserError(
                 f"eval.objective={name} is not computed for this run; choose one of "
-                f"{', '.join(self.names + ['loss_G', 'loss_D'])}, or auto."
+                f"{', '.join(measured)}, or auto."
             )
         return name

@@ -1,0 +1,57 @@
+"""Every metric a run can report, declared once: its name, which way is better, and which data
+it is measured on. The evaluator's names, the `auto` objective, the report's sort and verdicts
+and the Optuna sweeper's direction all derive from this table."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    family: str  # the metric function that measures it (metrics/evaluator.py), "loss" for losses
+    headline: bool = False  # eval.objective=auto picks the first headline metric a run measures
+
+
+METRICS = {m.name: m for m in (
+    # PacGAN's mode coverage on 2D mixtures (Lin et al. 2018, section 5.1).
+    Metric("reverse_kl", False, "modes", headline=True),
+    Metric("modes", True, "modes"),
+    Metric("hq", True, "modes"),
+    # The dataset's own classifier on labelled images (metrics/classifier.py).
+    Metric("fid_classifier", False, "classifier", headline=True),
+    Metric("class_coverage", True, "classifier"),
+    Metric("class_kl", False, "classifier"),
+    # Inception features (Heusel et al. 2017; Bińkowski et al. 2018), when the weights are on disk.
+    Metric("fid_inception", False, "inception"),
+    Metric("kid_inception", False, "inception"),
+    # The last logged losses; measured by every run.
+    Metric("loss_G", False, "loss"),
+    Metric("loss_D", False, "loss"),
+)}
+
+
+def names(family: str) -> list[str]:
+    """The metrics one metric function reports, in the table's order."""
+    return [m.name for m in METRICS.values() if m.family == family]
+
+
+def higher_is_better(name: str) -> bool:
+    """For a metric name or a TensorBoard tag (`metrics/modes`, `final/loss_G`); unknown names
+    are minimised."""
+    metric = METRICS.get(name.rsplit("/", 1)[-1])
+    return metric.higher_is_better if metric else False
+
+
+def auto_objective(measured: list[str]) -> str:
+    """The headline metric among those a run measures, else G's loss."""
+    return next((m.name for m in METRICS.values() if m.headline and m.name in measured), "loss_G")
+
+
+def direction(objective: str) -> str:
+    """`maximize` or `minimize`, as Optuna names them, for an eval.objective value. `auto` picks
+    a headline metric, and every headline metric is minimised."""
+    if objective == "auto":
+        (way,) = {higher_is_better(m.name) for m in METRICS.values() if m.headline}
+        return "maximize" if way else "minimize"
+    return "maximize" if higher_is_better(objective) else "minimize"
