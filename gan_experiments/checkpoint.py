@@ -82,9 +82,40 @@ def load(path: Path, device="cpu") -> dict:
             f"probably truncated or not a gan_experiments checkpoint. It was left untouched. "
             f"Restore it from a copy, or move it away and start a new run without resume=true."
         ) from None
-    if "gan" in state:
-        state["gan"] = to_device(state["gan"], device)
+    missing = missing_entries(state)
+    if missing:
+        raise UserError(
+            f"The checkpoint {path} is not in this version's layout: it lacks {', '.join(missing)} "
+            f"(a bare state_dict, or a file from another program or version). It was left "
+            f"untouched. Point at a checkpoint that gan_experiments wrote, or move this one away "
+            f"and start a new run without resume=true."
+        )
+    state["gan"] = to_device(state["gan"], device)
     return state
+
+
+# What `train.save_checkpoint` writes and a resume or the sampler reads.
+LAYOUT = {
+    "gan": ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "ema",
+            "fixed_noise", "step"),
+    "rng": ("python", "numpy", "torch", "cuda"),
+    "config": (), "data_shape": (), "is_image": (),
+}
+
+
+def missing_entries(state) -> list[str]:
+    """The entries of LAYOUT that `state` lacks, as dotted names; all of them if it is no dict."""
+    if not isinstance(state, dict):
+        return list(LAYOUT)
+    missing = []
+    for key, inner in LAYOUT.items():
+        if key not in state:
+            missing.append(key)
+        elif inner and not isinstance(state[key], dict):
+            missing.append(f"{key} (not a dict)")
+        else:
+            missing += [f"{key}.{name}" for name in inner if name not in state[key]]
+    return missing
 
 
 def rng_state() -> dict:

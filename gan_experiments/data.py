@@ -63,6 +63,15 @@ class ImageStreamData:
         return len(self.dataset)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if n > len(self.dataset):
+            # A loader that drops its last partial batch would yield nothing, forever.
+            raise UserError(
+                f"{self.name} has {len(self.dataset)} images, fewer than the {n} asked for in one "
+                f"batch, and it is streamed (larger than data.max_in_memory_mb). Lower "
+                f"trainer.batch_size to at most {len(self.dataset)}, or raise "
+                f"data.max_in_memory_mb so the images are held in memory and drawn with "
+                f"replacement."
+            )
         if self._batches is None or n != self._batch_size:
             self._batch_size = n
             self._batches = self._forever(n)

@@ -1,6 +1,7 @@
 """Datasets through torchvision's real classes on files the tests write."""
 
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -146,3 +147,32 @@ def test_classifier_metrics_work_on_mnist_5k(tmp_path):
     generator = torch.nn.Sequential(torch.nn.Linear(8, 784), torch.nn.Tanh(), torch.nn.Unflatten(1, (1, 28, 28)))
     results = evaluator(generator)
     assert results["fid_classifier"] > 0 and 1 <= results["class_coverage"] <= 10
+
+
+def test_a_streamed_set_smaller_than_a_batch_is_refused_not_a_hang(tmp_path):
+    """50 streamed images, batches of 64: the loader used to yield nothing, forever. Fewer
+    images than eval.num_samples still evaluates, over several epochs."""
+    import signal
+
+    from conftest import tiny_cfg
+    from gan_experiments.train import train
+
+    _write_pngs(tmp_path / "images" / "all", 50)
+    folder = ["data=folder", f"data.path={tmp_path / 'images'}", "data.image_size=8",
+              "data.channels=1", "data.max_in_memory_mb=0", "data.num_workers=0",
+              "eval.num_samples=120"]
+
+    def hung(signum, frame):
+        raise AssertionError("the run hangs on a data set smaller than one batch")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(UserError, match="has 50 images, fewer than the 64 asked for"):
+            train(tiny_cfg(*folder, "trainer.batch_size=64"), tmp_path / "big_batch")
+        status = json.loads((tmp_path / "big_batch" / "status.json").read_text())
+        assert status["status"] == "failed" and "trainer.batch_size to at most 50" in status["error"]
+        assert train(tiny_cfg(*folder, "trainer.batch_size=16"), tmp_path / "fits")["status"] == "ok"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

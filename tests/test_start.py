@@ -167,3 +167,27 @@ def _mnist_csv():
     from gan_experiments.data import MNIST_5K, _packaged_file
 
     return _packaged_file(*MNIST_5K)
+
+
+@pytest.mark.parametrize("damage", ["bare_state_dict", "no_rng"])
+def test_a_checkpoint_in_another_layout_is_refused_and_the_status_kept(tmp_path, damage):
+    """Resume and the sampler name what the checkpoint lacks; a finished run stays ok."""
+    import torch
+
+    from gan_experiments import sample
+
+    run = tmp_path / "run"
+    train(ring_cfg(), run)
+    path = run / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    if damage == "bare_state_dict":
+        state = state["gan"]["generator"]
+    else:
+        del state["rng"]
+    torch.save(state, path)
+    before = tree_snapshot(run)
+    with pytest.raises(StartRefused, match="not in this version's layout: it lacks .*rng"):
+        train(ring_cfg("resume=true", "trainer.steps=6"), run)
+    assert tree_snapshot(run) == before  # status.json still says ok
+    with pytest.raises(SystemExit, match="not in this version's layout"):
+        sample.main([str(run), "--npz", str(tmp_path / "x.npz")])

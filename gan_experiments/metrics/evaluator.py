@@ -62,7 +62,9 @@ class Evaluator:
             return to_signed_unit(self.data.images[index.to(self.data.images.device)])
         batches, n = [], 0
         while n < self.cfg.num_samples:  # a streamed dataset: draw batches from its loader
-            batches.append(self.data.sample(min(500, self.cfg.num_samples - n)))
+            # Batches no larger than the data: a streamed set smaller than num_samples still
+            # gives num_samples real images, drawn over several epochs.
+            batches.append(self.data.sample(min(500, self.cfg.num_samples - n, len(self.data))))
             n += len(batches[-1])
         return torch.cat(batches)
 
