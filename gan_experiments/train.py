@@ -35,6 +35,7 @@ from gan_experiments.lifecycle import (
 )
 from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
 from gan_experiments.metrics.evaluator import Evaluator
+from gan_experiments.models import check_batch_norm
 from gan_experiments.progress import Progress
 from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
 
@@ -145,6 +146,7 @@ def seed_everything(seed: int) -> None:
 
 def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
     generator, discriminator = build(cfg.model, data_shape=data.shape, is_image=data.is_image)
+    check_batch_norm(generator, discriminator, cfg.trainer.batch_size, cfg.model.pack)
     generator, discriminator = generator.to(device), discriminator.to(device)
     if cfg.trainer.channels_last and data.is_image:
         generator = generator.to(memory_format=torch.channels_last)

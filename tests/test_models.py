@@ -198,3 +198,27 @@ def test_non_positive_layer_sizes_are_named_before_torch_sees_them(module, sizes
     with pytest.raises(UserError, match="must be positive integers") as error:
         module.build(**sizes)
     assert str(error.value).startswith(named + ":")
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["data=ring", "model.g_norm=batch", "trainer.batch_size=1"], "G's BatchNorm"),
+    (["+experiment=pacgan_ring", "model.pack=1", "trainer.batch_size=1"], "G's BatchNorm"),
+])
+def test_batch_norm_with_one_example_per_batch_is_one_paragraph(tmp_path, overrides, key):
+    """The issue's case, and a PacGAN batch: named in one paragraph, never torch's traceback."""
+    from conftest import tiny_cfg
+    from gan_experiments.errors import UserError
+    from gan_experiments.train import train
+
+    with pytest.raises(UserError, match=rf"trainer.batch_size=\d: {key} would normalise 1 example"):
+        train(tiny_cfg(*overrides, model="mlp"), tmp_path)
+
+
+def test_dcgan_d_batch_norm_sees_packed_examples():
+    from gan_experiments.errors import UserError
+    from gan_experiments.models import check_batch_norm, dcgan
+
+    g, d = dcgan.build((1, 16, 16), latent_dim=4, g_width=4, d_width=4, pack=2)  # D has a BatchNorm
+    check_batch_norm(g, d, batch=4, pack=2)  # 2 packed examples: fine
+    with pytest.raises(UserError, match=r"D's BatchNorm would normalise 1 example \(trainer.batch_size / model.pack = 2 / 2\)"):
+        check_batch_norm(g, d, batch=2, pack=2)

@@ -33,3 +33,22 @@ def add_spectral_norm(discriminator: nn.Module) -> nn.Module:
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             nn.utils.parametrizations.spectral_norm(module)
     return discriminator
+
+
+def check_batch_norm(generator: nn.Module, discriminator: nn.Module, batch: int, pack: int) -> None:
+    """BatchNorm in training needs at least two values per channel: G's normalises `batch`
+    samples, D's the `batch / pack` packed examples (PacGAN). Torch's own error comes only at
+    the first step, as a long traceback."""
+    def has_batch_norm(net):
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+    for name, net, seen in (("G", generator, batch), ("D", discriminator, batch // max(pack, 1))):
+        if has_batch_norm(net) and seen < 2:
+            packed = f" (trainer.batch_size / model.pack = {batch} / {pack})" if name == "D" and pack > 1 else ""
+            raise UserError(
+                f"trainer.batch_size={batch}: {name}'s BatchNorm would normalise {seen} example"
+                f"{packed} per batch, and needs at least 2. Raise trainer.batch_size"
+                + (" (to 2 × model.pack or more)" if name == "D" and pack > 1 else " to 2 or more")
+                + (", or use a model without BatchNorm in G (model=mlp model.g_norm=none)."
+                   if name == "G" else ", or model.d_norm=layer (or none) for D.")
+            )
