@@ -34,7 +34,7 @@ def test_a_refused_start_leaves_a_finished_run_byte_identical(tmp_path):
     # The same command again, and one with other overrides: both refused, nothing touched.
     for extra in ([], ["loss=bce", "seed=3"]):
         again = run_cli(*TINY, *RING, "trainer.steps=20", *extra, f"hydra.run.dir={run}", cwd=tmp_path)
-        assert again.returncode == 1 and "already holds a checkpoint" in again.stderr
+        assert again.returncode == 1 and "already holds a run (ok at step 20)" in again.stderr
         assert "Nothing was written" in again.stderr
         assert tree_snapshot(run) == before
     assert strict_json(run / "status.json")["status"] == "ok"
