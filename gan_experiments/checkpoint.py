@@ -5,6 +5,7 @@ import json
 import math
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,16 @@ def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder and rename it over `path`: a reader
     (or a crash, or a power cut) sees the old file or the new one, never half of one. The data
     is on disk before the rename, and the rename is on disk before we return."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as RuntimeError
+        raise WriteFailed(path, error) from error
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)
@@ -32,6 +35,20 @@ def atomic_write(path: Path, write) -> None:
             os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class WriteFailed(OSError):
+    """A result file could not be written (full disk, quota, I/O error); `path` keeps its
+    previous content and no temporary file is left."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        # torch's zip writer says only "unexpected pos ...": the free space says why.
+        reason = getattr(cause, "strerror", None) or "the write stopped short"
+        try:
+            reason += f"; {shutil.disk_usage(Path(path).parent).free / 1e6:.2f} MB free on its disk"
+        except OSError:
+            pass
+        super().__init__(getattr(cause, "errno", None), reason, str(path))
 
 
 def save(path: Path, state: dict) -> None:

@@ -5,6 +5,7 @@ stream through a DataLoader."""
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -88,8 +89,9 @@ class ImageStreamData:
             persistent_workers=self.num_workers > 0,
         )
         while True:
-            for images, _ in loader:
-                yield images
+            with naming_unreadable_images(self.dataset):
+                for images, _ in loader:
+                    yield images
 
 
 class GaussianMixture:
@@ -275,8 +277,38 @@ def image_folder(path, image_size=32, channels=3, max_in_memory_mb=4096, num_wor
     if len(dataset) * math.prod(shape) > max_in_memory_mb * 2**20:
         return ImageStreamData(dataset, shape, Path(path).name, device, num_workers)
     loader = DataLoader(dataset, batch_size=256, num_workers=num_workers)
-    images, labels = zip(*loader, strict=True)
+    with naming_unreadable_images(dataset):
+        images, labels = zip(*loader, strict=True)
     return ImageTensorData(torch.cat(images).to(device), torch.cat(labels).to(device), Path(path).name)
+
+
+@contextmanager
+def naming_unreadable_images(dataset):
+    """A file that PIL cannot decode (truncated, not an image) fails deep inside a loader
+    worker without its name; on such a failure, find every unreadable file and name them."""
+    try:
+        yield
+    except Exception as error:
+        samples = getattr(dataset, "samples", None)
+        if samples is None:
+            raise
+        from PIL import Image
+
+        bad = []
+        for path, _ in samples:
+            try:
+                with Image.open(path) as image:
+                    image.load()
+            except Exception:
+                bad.append(path)
+        if not bad:
+            raise
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(
+            f"{len(bad)} of the {len(samples)} images under {dataset.root} cannot be read "
+            f"({type(error).__name__}): {shown}. They are truncated or not images: replace or "
+            f"delete them, then run again."
+        ) from None
 
 
 def ring(num_modes=8, radius=1.0, std=0.01, device="cpu") -> GaussianMixture:

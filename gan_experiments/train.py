@@ -5,6 +5,7 @@ checkpoint, and finish with the run's status; stop cleanly on a signal or a non-
 status.json belong to `lifecycle`."""
 
 import copy
+import errno
 import logging
 import random
 import signal
@@ -176,8 +177,16 @@ def maybe_compile(gan: GAN, cfg: DictConfig, device: torch.device) -> None:
             probe_g, probe_d = copy.deepcopy(gan.generator), copy.deepcopy(gan.discriminator)
             probe_g.compile(backend=cfg.trainer.compile_backend)
             probe_d.compile(backend=cfg.trainer.compile_backend)
+            # The step the run will take, its gradient penalty's double backward included:
+            # AOTAutograd compiles a forward and backward that cannot be differentiated again.
+            losses = make_losses(cfg)
             z = torch.randn(cfg.trainer.batch_size, cfg.model.latent_dim, device=device)
-            probe_d(probe_g(z)).sum().backward()
+            fake = probe_g(z)
+            real = torch.randn_like(fake).requires_grad_(losses.penalty == "r1")
+            real_logits = probe_d(real)
+            penalty = losses.gradient_penalty(probe_d, real, real_logits, fake.detach(),
+                                              torch.ones((), device=device))
+            (probe_d(fake).sum() + real_logits.sum() + penalty).backward()
         except Exception as error:  # any backend failure means: run eagerly
             log.warning("torch.compile failed (%s: %s); training without it.", type(error).__name__, error)
             return
@@ -490,8 +499,30 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
         if session is not None:
             step = session.gan.step
             session.writer.close()
-        status.failed(step, error)
+        try:
+            status.failed(step, error)
+        except OSError:  # the disk that refused the results refuses the status too
+            pass
+        if isinstance(error, checkpoint.WriteFailed) or getattr(error, "errno", None) in DISK_FULL:
+            raise UserError(write_failure(error, run_dir)) from error
         raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # from writers that do not go through atomic_write
+
+
+def write_failure(error: OSError, run_dir: Path) -> str:
+    """The paragraph for a result file that could not be written: which file, the last good
+    checkpoint and its step, and how to resume."""
+    paths = RunPaths(run_dir)
+    try:
+        saved = checkpoint.load(paths.checkpoint)
+        kept = f"The last good checkpoint is {paths.checkpoint}, at step {saved['gan']['step']}"
+    except UserError:
+        kept = "No checkpoint was written yet"
+    return (f"Could not write {error.filename or 'a result file'} ({error.strerror or error}). {kept}. Free space "
+            f"(or fix the disk), then continue with: python -m gan_experiments resume=true "
+            f"hydra.run.dir={run_dir} (and the same overrides).")
 
 
 def final_value(summary: dict) -> float | None:

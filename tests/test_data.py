@@ -176,3 +176,23 @@ def test_a_streamed_set_smaller_than_a_batch_is_refused_not_a_hang(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("max_in_memory_mb", [4096, 0], ids=["in_memory", "streamed"])
+def test_a_truncated_image_is_named_in_one_paragraph(tmp_path, max_in_memory_mb):
+    from conftest import tiny_cfg
+    from gan_experiments.train import train
+
+    _write_pngs(tmp_path / "images" / "all", 40)
+    bad = tmp_path / "images" / "all" / "7.png"
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
+    cfg = tiny_cfg("data=folder", f"data.path={tmp_path / 'images'}", "data.image_size=8",
+                   "data.channels=1", f"data.max_in_memory_mb={max_in_memory_mb}",
+                   "data.num_workers=2", "eval.num_samples=16", "trainer.batch_size=8")
+    with pytest.raises(UserError) as raised:
+        train(cfg, tmp_path / "run")
+    message = str(raised.value)
+    assert f"1 of the 40 images under {tmp_path / 'images'} cannot be read" in message
+    assert str(bad) in message and "replace or delete them" in message
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and len(status["error"]) < 400

@@ -51,3 +51,16 @@ def test_compile_falls_back_to_eager_where_unsupported(tmp_path, caplog):
         summary = train(tiny_cfg("trainer.compile=true", "trainer.compile_backend=no_such_backend"), tmp_path)
     assert summary["status"] == "ok"
     assert any("torch.compile failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("penalty", ["loss=wgan_gp", "loss.penalty=r1"])
+def test_compile_with_a_gradient_penalty_falls_back_to_eager(tmp_path, caplog, penalty):
+    """AOTAutograd cannot differentiate twice: the probe takes the penalty's double backward
+    too, so the run falls back to eager with a warning instead of dying at step 1."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        summary = train(tiny_cfg(penalty, "trainer.compile=true", "trainer.compile_backend=aot_eager"),
+                        tmp_path)
+    assert summary["status"] == "ok" and summary["step"] == 4
+    assert any("torch.compile failed" in r.getMessage() for r in caplog.records)

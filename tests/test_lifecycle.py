@@ -191,3 +191,35 @@ def test_the_compile_probe_draws_nothing_from_the_runs_rng():
     before = torch.get_rng_state()
     maybe_compile(gan, cfg, torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs, as a full disk to write results onto (needs root, as on CI)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_in_one_paragraph_with_a_loadable_checkpoint(tmp_path, small_disk):
+    run = small_disk / "run"
+    result = run_cli(
+        "data=digits", "data.image_size=16", "model=mlp", "model.g_hidden=[128]",
+        "model.d_hidden=[128]", f"eval.cache_dir={tmp_path}/cache", "eval.classifier=false",
+        "trainer.steps=200", "trainer.checkpoint_every=5", "trainer.sample_every=5",
+        "trainer.progress=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Could not write" in result.stderr and "MB free on its disk" in result.stderr
+    kept = int(result.stderr.split("at step ")[1].split(".")[0])
+    assert f"resume=true hydra.run.dir={run}" in result.stderr
+    state = checkpoint.load(run / "checkpoints" / "last.pt")  # the last good one still loads
+    assert state["gan"]["step"] == kept > 0
+    assert not list(run.rglob("*.tmp*"))  # no half-written temporary file
