@@ -15,6 +15,7 @@ from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import RunPaths, StartRefused, claim, decide_start
+from gan_experiments.stop import StopNow
 from gan_experiments.summaries import HParams
 from gan_experiments.sweep import quiet_console, register_resolvers, release_gpu_memory, swept_keys
 from gan_experiments.train import final_value, resolved, train
@@ -90,6 +91,13 @@ def main(cfg: DictConfig) -> float | None:
             print(f"{job}: start refused: {error}", flush=True)
             return None
         sys.exit(f"\nError: {error} Nothing was written into {run_dir}.\n")
+    except StopNow as error:  # a second signal: stopped at once, status `failed`
+        message = (f"Stopped at once by {error}, without a new checkpoint. Continue with: python -m "
+                   f"gan_experiments resume=true hydra.run.dir={run_dir} (and the same overrides).")
+        if multirun:
+            print(f"{job}: {message}", flush=True)
+            return None
+        sys.exit(f"\n{message}\n")
     except Exception as error:  # train() has recorded status `failed` if the start was accepted
         if multirun:  # one failed job must not stop the sweep
             log.exception("Job failed")  # the traceback goes to the job's own log file

@@ -8,10 +8,8 @@ import copy
 import errno
 import logging
 import random
-import signal
 import threading
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
 from gan_experiments.metrics.evaluator import Evaluator
 from gan_experiments.models import check_batch_norm
 from gan_experiments.progress import Progress
+from gan_experiments.stop import StopNow, stop_requests
 from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
 
 log = logging.getLogger(__name__)
@@ -271,22 +270,6 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
         "D/fake": torch.sigmoid(fake_logits.detach().float()).mean(),
     })
     return stats, finite
-@contextmanager
-def stop_requests():
-    """SIGTERM and SIGINT set a flag that the loop checks between steps, so a run that is asked
-    to stop still writes its checkpoint."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: requested.set())
-    try:
-        yield requested
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _autocast_factory(device: torch.device, precision: str):
@@ -491,10 +474,19 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
     status.running(step)
     session = None
     try:
-        # From here on a signal means: stop at the next step boundary, with a checkpoint.
+        # From here on a signal stops the run: at once while it sets up, then at the next
+        # step boundary with a checkpoint (gan_experiments.stop).
         with stop_requests() as stop:
             session = set_up(cfg, run_dir, device, start.saved, config, status, hparams)
+            stop.setting_up = False
             return finish(session, run_loop(session, stop))
+    except StopNow as error:
+        if session is None:  # nothing trained in this leg, nothing to checkpoint
+            log.warning("Stopped by %s; nothing to checkpoint.", error)
+            return status.end("interrupted", step, (start.saved or {}).get("metrics", {}))
+        session.writer.close()
+        status.failed(session.gan.step, error)
+        raise
     except BaseException as error:
         if session is not None:
             step = session.gan.step

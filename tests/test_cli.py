@@ -78,9 +78,8 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until training has really started
-        status = run / "status.json"
-        if status.exists() and json.loads(status.read_text())["status"] == "running":
+    while time.time() < deadline:  # wait until training has really started: its first grid
+        if list(run.glob("samples/step_*.png")):
             break
         time.sleep(0.2)
     time.sleep(1.0)
@@ -104,3 +103,32 @@ def test_readme_config_table_lists_every_option():
                   "hparams_search", "experiment", "hydra/launcher"):
         for option in (ROOT / "conf" / group).glob("*.yaml"):
             assert f"`{option.stem}`" in readme, f"{group}/{option.stem} missing from README"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_set_up_stops_within_seconds(tmp_path):
+    """While the evaluation classifier trains (a long set-up), Ctrl-C stops the run at once:
+    status interrupted at step 0, no traceback."""
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gan_experiments", *FAST, f"eval.cache_dir={tmp_path}/cache",
+         "eval.classifier_steps=1000000", f"hydra.run.dir={run}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while "Training the evaluation classifier" not in _read(run / "__main__.log"):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    sent = time.time()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert time.time() - sent < 10, "the stop waited for the set-up to finish"
+    assert process.returncode == 0 and "Traceback" not in err, err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] == 0 and status["value"] is None
+    assert "Run finished (interrupted, step 0)" in out
+
+
+def _read(path):
+    return path.read_text() if path.exists() else ""

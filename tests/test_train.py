@@ -171,3 +171,20 @@ def test_a_terminal_sees_each_phase_with_bars(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
     train(tiny_cfg("trainer.progress=true"), tmp_path / "log")
     assert terminal.getvalue() == "" and sys.stderr.getvalue() == ""
+
+
+def test_the_first_signal_of_a_training_run_waits_for_the_step_a_second_stops_at_once():
+    import os
+    import signal
+
+    from gan_experiments.stop import StopNow, stop_requests
+
+    with stop_requests() as stop:
+        with pytest.raises(StopNow, match="SIGINT during set-up"):
+            os.kill(os.getpid(), signal.SIGINT)
+        stop.setting_up = False
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.is_set()  # the loop checkpoints at the next step boundary
+        with pytest.raises(StopNow, match="a second SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
