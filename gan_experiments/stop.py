@@ -12,6 +12,18 @@ from contextlib import contextmanager
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+# Set by any stop signal in this process. A sweep whose jobs run in this process (Hydra's basic
+# launcher) starts no further job once it is set: one Ctrl-C ends the whole sweep.
+STOPPED = threading.Event()
+
+
+def stop_between_jobs() -> None:
+    """Between a sweep's jobs no run holds the signals: a signal there only stops the sweep."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, lambda signum, frame: STOPPED.set())
+
+
 class StopNow(BaseException):
     """Raised from the signal handler. A BaseException, so that no `except Exception` between
     the signal and the runner can swallow it."""
@@ -26,6 +38,7 @@ class StopRequest(threading.Event):
         self.signal_name = ""
 
     def handle(self, signum, frame) -> None:
+        STOPPED.set()
         self.signal_name = signal.Signals(signum).name
         if self.setting_up:
             raise StopNow(f"{self.signal_name} during set-up")

@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_status
+from gan_experiments.stop import STOPPED
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def write_status_table(sweep_dir: Path) -> list[dict]:
                        if d.is_dir() and not RunPaths(d).status.exists() and not d.name.startswith("."))
     print("\n".join(lines), file=sys.stdout)
     print(f"\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-          + (f". Not started (start refused, see the sweep's output): {', '.join(unstarted)}" if unstarted else "")
+          + (f". Not started (start refused, or the sweep was stopped; see its output): {', '.join(unstarted)}" if unstarted else "")
           + f". Table: {Path(sweep_dir) / 'sweep_status.csv'}\n"
           f"Compare them: tensorboard --logdir {sweep_dir}   |   "
           f"python -m gan_experiments.report {sweep_dir}")
@@ -177,3 +178,6 @@ class SweepStatus(Callback):
             time.sleep(1.5)
             ray.shutdown()
         write_status_table(Path(config.hydra.sweep.dir))
+        if STOPPED.is_set():
+            print("The sweep was stopped by a signal. Run the same command again to resume it: "
+                  "finished jobs are skipped, interrupted ones resume from their checkpoints.")

@@ -229,7 +229,7 @@ def test_a_refused_job_is_no_job_of_the_table(tmp_path):
     assert "start refused: trainer.steps must be at least 1" in result.stdout
     assert list(status_table(sweep_dir)) == ["+experiment=tiny_ring trainer.steps=4"]
     assert not (sweep_dir / "trainer.steps=0" / "status.json").exists()
-    assert "Not started (start refused" in result.stdout and "trainer.steps=0" in result.stdout
+    assert "Not started (start refused, or the sweep was stopped" in result.stdout and "trainer.steps=0" in result.stdout
 
 
 def _free_port() -> int:
@@ -302,3 +302,32 @@ def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
         for start, _ in spans:  # jobs running on this GPU when this one started
             assert sum(s <= start < e for s, e in spans) <= 2
     assert max(sum(s <= start < e for s, e in spans) for spans in by_gpu.values() for start, _ in spans) == 2
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_ends_a_sequential_sweep_with_its_table(tmp_path):
+    """hydra/launcher=basic: one SIGINT checkpoints the running job, starts no other, prints
+    the table and how to resume; the same command then resumes it."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["hydra/launcher=basic", "seed=0,1,2", "trainer.steps=100000",
+            "trainer.checkpoint_every=100000", "trainer.sample_every=50", "eval.every=0",
+            f"hydra.sweep.dir={sweep_dir}"]
+    preset_file = tmp_path / "my_conf" / "experiment" / "tiny_ring.yaml"
+    preset_file.parent.mkdir(parents=True)
+    preset_file.write_text(_nest([*TINY, *TINY_MODEL["mlp"]]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gan_experiments", "-m", "--config-dir", str(tmp_path / "my_conf"),
+         "+experiment=tiny_ring", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(sweep_dir.glob("seed=0/samples/step_*.png")):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and "Traceback" not in err, err
+    rows = status_table(sweep_dir)
+    assert [r["status"] for r in rows.values()] == ["interrupted"]
+    assert "seed=1: not started: the sweep was stopped" in out and "seed=2: not started" in out
+    assert "Run the same command again to resume it" in out
+    assert (sweep_dir / "seed=0" / "checkpoints" / "last.pt").is_file()
