@@ -15,7 +15,9 @@ from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import RunPaths, StartRefused, claim, decide_start
-from gan_experiments.stop import STOPPED, StopNow, stop_between_jobs
+
+# Ray pickles this module's main(): it may reference functions and classes, not an Event.
+from gan_experiments.stop import StopNow, stop_between_jobs, sweep_stopped
 from gan_experiments.summaries import HParams
 from gan_experiments.sweep import quiet_console, register_resolvers, release_gpu_memory, swept_keys
 from gan_experiments.train import final_value, resolved, train
@@ -66,7 +68,7 @@ def main(cfg: DictConfig) -> float | None:
     job = f"[job {hydra_cfg.job.num}] {run_dir.name}" if multirun else str(run_dir)
     swept: set[str] = set()
     if multirun:
-        if STOPPED.is_set():
+        if sweep_stopped(hydra_cfg.sweep.dir):
             print(f"{job}: not started: the sweep was stopped", flush=True)
             return None
         stop_between_jobs()

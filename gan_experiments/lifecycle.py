@@ -231,7 +231,7 @@ class RunStatus:
         self.steps, self.objective = steps, objective
         # Where and when: a sweep's table and its GPU placement are checked from these.
         # `started` is this leg's start; a resumed run also keeps when its first leg started.
-        self.origin = {"started": _now(), "host": socket.gethostname(),
+        self.origin = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
                        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         if resumed_from is not None:
             before = read_status(run_dir)

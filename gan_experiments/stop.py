@@ -8,6 +8,7 @@ for a step or an evaluation that takes too long to wait for."""
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -15,6 +16,48 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Set by any stop signal in this process. A sweep whose jobs run in this process (Hydra's basic
 # launcher) starts no further job once it is set: one Ctrl-C ends the whole sweep.
 STOPPED = threading.Event()
+
+
+def sweep_stopped(sweep_dir: Path | None = None) -> bool:
+    """Whether a signal stopped this sweep: in this process, or, for jobs in other processes
+    (Ray's workers), through the marker that `forward_stops` leaves in the sweep dir."""
+    return STOPPED.is_set() or (sweep_dir is not None and (Path(sweep_dir) / MARKER).exists())
+
+
+MARKER = ".stopped"
+
+
+def forward_stops(sweep_dir: Path) -> None:
+    """For a sweep whose jobs run in other processes (the Ray launcher): the signals of this
+    driver are blocked, so that the Ray processes it starts inherit the block and a Ctrl-C in
+    the terminal does not kill them and their jobs mid-step. A thread takes each signal and
+    passes SIGTERM on to every job of the sweep still running on this host, which checkpoints
+    and ends `interrupted` (a second signal stops them at once); jobs not started yet see the
+    marker and do not start. Call from the main thread before the launcher starts Ray."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    (Path(sweep_dir) / MARKER).unlink(missing_ok=True)
+
+    def forward():
+        import json
+        import os
+        import socket
+
+        while True:
+            signal.sigwait(SIGNALS)
+            STOPPED.set()
+            (Path(sweep_dir) / MARKER).touch()
+            for status_file in Path(sweep_dir).glob("*/status.json"):
+                try:
+                    status = json.loads(status_file.read_text())
+                    if (status.get("status") == "running" and status.get("pid")
+                            and status.get("host") == socket.gethostname()):
+                        os.kill(status["pid"], signal.SIGTERM)
+                except (OSError, ValueError):  # a job that just ended, or a half-read file
+                    continue
+
+    threading.Thread(target=forward, name="forward-stops", daemon=True).start()
 
 
 def stop_between_jobs() -> None:
@@ -58,8 +101,11 @@ def stop_requests():
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig in SIGNALS:
         signal.signal(sig, request.handle)
+    # A Ray worker inherits its driver's blocked signals (forward_stops): a run takes them.
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     try:
         yield request
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

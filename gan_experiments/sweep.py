@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_status
-from gan_experiments.stop import STOPPED
+from gan_experiments.stop import forward_stops, sweep_stopped
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,12 @@ def write_status_table(sweep_dir: Path) -> list[dict]:
 
 
 class SweepStatus(Callback):
-    """Prints and saves the status table once every job of a multirun has returned."""
+    """Passes a stop on to a Ray sweep's jobs; prints and saves the status table once every
+    job of a multirun has returned."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if "ray" in str(config.hydra.launcher.get("_target_", "")).lower():
+            forward_stops(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         ray = sys.modules.get("ray")
@@ -178,6 +183,6 @@ class SweepStatus(Callback):
             time.sleep(1.5)
             ray.shutdown()
         write_status_table(Path(config.hydra.sweep.dir))
-        if STOPPED.is_set():
+        if sweep_stopped(config.hydra.sweep.dir):
             print("The sweep was stopped by a signal. Run the same command again to resume it: "
                   "finished jobs are skipped, interrupted ones resume from their checkpoints.")

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -331,3 +332,36 @@ def test_one_ctrl_c_ends_a_sequential_sweep_with_its_table(tmp_path):
     assert "seed=1: not started: the sweep was stopped" in out and "seed=2: not started" in out
     assert "Run the same command again to resume it" in out
     assert (sweep_dir / "seed=0" / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_one_ctrl_c_ends_a_ray_sweep_with_checkpoints_and_its_table(tmp_path):
+    """The default launcher: Ctrl-C in the terminal (SIGINT to the driver's process group)
+    used to kill Ray and its jobs mid-step, leaving them `running` with no checkpoint."""
+    sweep_dir = tmp_path / "sweep"
+    preset_file = tmp_path / "my_conf" / "experiment" / "tiny_ring.yaml"
+    preset_file.parent.mkdir(parents=True)
+    preset_file.write_text(_nest([*TINY, *TINY_MODEL["mlp"]]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gan_experiments", "-m", "--config-dir", str(tmp_path / "my_conf"),
+         "+experiment=tiny_ring", "seed=0,1", "trainer.steps=1000000", "eval.every=0",
+         "trainer.checkpoint_every=1000000", "trainer.sample_every=50", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # its own process group, as a terminal gives it
+    try:
+        deadline = time.time() + 180
+        while len(list(sweep_dir.glob("seed=*/samples/step_*.png"))) < 2:
+            assert time.time() < deadline and process.poll() is None, process.communicate()
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0 and "Traceback" not in err, err
+    rows = status_table(sweep_dir)
+    assert [r["status"] for r in rows.values()] == ["interrupted", "interrupted"]
+    for row in rows.values():
+        state = torch.load(Path(row["run_dir"]) / "checkpoints" / "last.pt", weights_only=False)
+        assert state["gan"]["step"] == int(row["step"]) > 0
+    assert "Run the same command again to resume it" in out
