@@ -26,13 +26,13 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as RuntimeError
-        raise WriteFailed(path, error) from error
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)
         finally:
             os.close(folder)
+    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as RuntimeError
+        raise WriteFailed(path, error) from error
     finally:
         tmp.unlink(missing_ok=True)
 
