@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> float | None:
         if sweep_stopped(hydra_cfg.sweep.dir):
             print(f"{job}: not started: the sweep was stopped", flush=True)
             return None
-        stop_between_jobs()
+        stop_between_jobs(hydra_cfg.sweep.dir)
         quiet_console()
         cfg.trainer.progress = False
         optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
@@ -85,7 +85,9 @@ def main(cfg: DictConfig) -> float | None:
                 summary = start.status
                 print(f"{job}: already {summary['status']}, skipped" if multirun else
                       f"\n{run_dir} already finished ({summary['status']} at step "
-                      f"{summary['step']}); nothing to do. Raise trainer.steps to train it further.",
+                      f"{summary['step']}); nothing to do."
+                      + (" Raise trainer.steps to train it further." if summary["status"] == "ok"
+                         else ""),
                       flush=True)
                 return final_value(summary)
             if multirun:

@@ -31,7 +31,11 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(folder)
         finally:
             os.close(folder)
-    except (OSError, RuntimeError) as error:  # torch's zip writer reports a full disk as RuntimeError
+    except OSError as error:
+        raise WriteFailed(path, error) from error
+    except RuntimeError as error:  # torch's zip writer reports a full disk as a RuntimeError
+        if not any(s in str(error) for s in ("unexpected pos", "PytorchStreamWriter", "file write failed")):
+            raise
         raise WriteFailed(path, error) from error
     finally:
         tmp.unlink(missing_ok=True)

@@ -288,7 +288,7 @@ def naming_unreadable_images(dataset):
     worker without its name; on such a failure, find every unreadable file and name them."""
     try:
         yield
-    except Exception as error:
+    except (OSError, SyntaxError) as error:  # how PIL reports truncated and foreign files
         samples = getattr(dataset, "samples", None)
         if samples is None:
             raise

@@ -94,7 +94,8 @@ def checkpoint_path(run_dir: Path) -> Path:
 RESULT_NEUTRAL = (
     "resume", "trainer.progress", "trainer.log_every", "trainer.sample_every",
     "trainer.checkpoint_every", "trainer.device", "eval.every", "eval.cache_dir",
-    "eval.inception_weights", "data.cache_dir",
+    "eval.inception_weights", "data.cache_dir", "data.download", "data.num_workers",
+    "jobs_per_gpu", "cpus_per_job",
 )
 GROWABLE = ("trainer.steps",)
 
@@ -127,8 +128,8 @@ def claim(run_dir: Path):
     """One process per run dir: a lock on the folder's `.lock` file, held while the start is
     decided and the run trains. The operating system drops it with its process (flock), so a
     run killed with -9 leaves no stale lock. Raises StartRefused if another process holds it.
-    A start refused inside leaves a folder that held no run as it was (no lock file, no
-    folder)."""
+    A start refused inside leaves a folder that held no run as it was: the lock file it made is
+    removed, and the folder too if this created it (the CLI's run dir is Hydra's, made before)."""
     paths = RunPaths(run_dir)
     created_folder, created_lock = not paths.root.exists(), not paths.lock.exists()
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -214,6 +215,12 @@ def decide_start(run_dir: Path, config: dict, rerun: bool = False) -> Start:
             f"run in another hydra.run.dir (a sweep: another hydra.sweep.dir)."
         )
     finished = status.get("status") in FINAL
+    if finished and saved is None:
+        raise StartRefused(
+            f"{run_dir} holds a finished run ({status['status']}) whose checkpoint "
+            f"{paths.checkpoint} is missing: it can be neither skipped as it is nor continued. "
+            f"Restore the checkpoint, or start a new run in another hydra.run.dir."
+        )
     if finished and (status["status"] == "diverged" or config["trainer"]["steps"] == reached):
         return Start("skip", status=status)
     return Start("resume", saved=saved) if saved is not None else Start("fresh")

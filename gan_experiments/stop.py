@@ -18,6 +18,20 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOPPED = threading.Event()
 
 
+def _held(lock: Path) -> bool:
+    """Whether a process holds a run folder's lock: a `running` status left by a killed job
+    names a pid that may belong to another program by now."""
+    from filelock import FileLock, Timeout
+
+    probe = FileLock(lock, timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    probe.release()
+    return False
+
+
 def sweep_stopped(sweep_dir: Path | None = None) -> bool:
     """Whether a signal stopped this sweep: in this process, or, for jobs in other processes
     (Ray's workers), through the marker that `forward_stops` leaves in the sweep dir."""
@@ -37,7 +51,6 @@ def forward_stops(sweep_dir: Path) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    (Path(sweep_dir) / MARKER).unlink(missing_ok=True)
 
     def forward():
         import json
@@ -52,7 +65,8 @@ def forward_stops(sweep_dir: Path) -> None:
                 try:
                     status = json.loads(status_file.read_text())
                     if (status.get("status") == "running" and status.get("pid")
-                            and status.get("host") == socket.gethostname()):
+                            and status.get("host") == socket.gethostname()
+                            and _held(status_file.parent / ".lock")):
                         os.kill(status["pid"], signal.SIGTERM)
                 except (OSError, ValueError):  # a job that just ended, or a half-read file
                     continue
@@ -60,11 +74,22 @@ def forward_stops(sweep_dir: Path) -> None:
     threading.Thread(target=forward, name="forward-stops", daemon=True).start()
 
 
-def stop_between_jobs() -> None:
-    """Between a sweep's jobs no run holds the signals: a signal there only stops the sweep."""
+def restore_signals() -> None:
+    """The driver takes signals again once its sweep's jobs have returned."""
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def stop_between_jobs(sweep_dir: Path) -> None:
+    """Between a sweep's jobs no run holds the signals: a signal there stops the sweep, and
+    leaves the marker that the next run of it sees as soon as it takes the signals."""
+    def stop_sweep(signum, frame):
+        STOPPED.set()
+        (Path(sweep_dir) / MARKER).touch()
+
     if threading.current_thread() is threading.main_thread():
         for sig in SIGNALS:
-            signal.signal(sig, lambda signum, frame: STOPPED.set())
+            signal.signal(sig, stop_sweep)
 
 
 class StopNow(BaseException):
@@ -91,9 +116,10 @@ class StopRequest(threading.Event):
 
 
 @contextmanager
-def stop_requests():
+def stop_requests(sweep_dir: Path | None = None):
     """A StopRequest that SIGTERM and SIGINT drive while the block runs (main thread only: a
-    run started from another thread leaves the process's signals alone)."""
+    run started from another thread leaves the process's signals alone). A run whose sweep
+    (`sweep_dir`) was stopped before it took the signals stops at once."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -104,6 +130,8 @@ def stop_requests():
     # A Ray worker inherits its driver's blocked signals (forward_stops): a run takes them.
     blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     try:
+        if sweep_dir is not None and (Path(sweep_dir) / MARKER).exists():
+            raise StopNow("a stop of its sweep")
         yield request
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

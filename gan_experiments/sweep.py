@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_status
-from gan_experiments.stop import forward_stops, sweep_stopped
+from gan_experiments.stop import MARKER, forward_stops, restore_signals, sweep_stopped
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,13 @@ class SweepStatus(Callback):
     job of a multirun has returned."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / MARKER).unlink(missing_ok=True)  # an earlier stop; this run resumes the sweep
         if "ray" in str(config.hydra.launcher.get("_target_", "")).lower():
-            forward_stops(Path(config.hydra.sweep.dir))
+            forward_stops(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        restore_signals()
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
             # Ray forwards the jobs' lines from their log files about once a second: give it

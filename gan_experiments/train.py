@@ -180,12 +180,14 @@ def maybe_compile(gan: GAN, cfg: DictConfig, device: torch.device) -> None:
             # AOTAutograd compiles a forward and backward that cannot be differentiated again.
             losses = make_losses(cfg)
             z = torch.randn(cfg.trainer.batch_size, cfg.model.latent_dim, device=device)
-            fake = probe_g(z)
-            real = torch.randn_like(fake).requires_grad_(losses.penalty == "r1")
-            real_logits = probe_d(real)
-            penalty = losses.gradient_penalty(probe_d, real, real_logits, fake.detach(),
-                                              torch.ones((), device=device))
-            (probe_d(fake).sum() + real_logits.sum() + penalty).backward()
+            with _autocast_factory(device, str(getattr(cfg.trainer.precision, "value", cfg.trainer.precision)))():
+                fake = probe_g(z)
+                real = torch.randn_like(fake).requires_grad_(losses.penalty == "r1")
+                real_logits = probe_d(real)
+                penalty = losses.gradient_penalty(probe_d, real, real_logits, fake.detach(),
+                                                  torch.ones((), device=device))
+                loss = probe_d(fake).float().sum() + real_logits.float().sum() + penalty
+            loss.backward()
         except Exception as error:  # any backend failure means: run eagerly
             log.warning("torch.compile failed (%s: %s); training without it.", type(error).__name__, error)
             return
@@ -476,7 +478,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
     try:
         # From here on a signal stops the run: at once while it sets up, then at the next
         # step boundary with a checkpoint (gan_experiments.stop).
-        with stop_requests() as stop:
+        with stop_requests(sweep_dir=run_dir.parent) as stop:  # a sweep's jobs are its children
             session = set_up(cfg, run_dir, device, start.saved, config, status, hparams)
             stop.setting_up = False
             return finish(session, run_loop(session, stop))
@@ -485,7 +487,10 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
             log.warning("Stopped by %s; nothing to checkpoint.", error)
             return status.end("interrupted", step, (start.saved or {}).get("metrics", {}))
         session.writer.close()
-        status.failed(session.gan.step, error)
+        try:
+            status.failed(session.gan.step, error)
+        except OSError:
+            pass
         raise
     except BaseException as error:
         if session is not None:

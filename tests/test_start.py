@@ -28,7 +28,8 @@ OTHER_VALUE = {
     "resume": "true", "trainer.progress": "true", "trainer.log_every": "1",
     "trainer.sample_every": "1", "trainer.checkpoint_every": "1", "trainer.device": "cpu",
     "eval.every": "1", "eval.cache_dir": "/tmp/elsewhere", "eval.inception_weights": "/tmp/w.pth",
-    "data.cache_dir": "/tmp/elsewhere",
+    "data.cache_dir": "/tmp/elsewhere", "data.download": "true", "data.num_workers": "0",
+    "jobs_per_gpu": "2", "cpus_per_job": "2",
 }
 
 
@@ -191,3 +192,11 @@ def test_a_checkpoint_in_another_layout_is_refused_and_the_status_kept(tmp_path,
     assert tree_snapshot(run) == before  # status.json still says ok
     with pytest.raises(SystemExit, match="not in this version's layout"):
         sample.main([str(run), "--npz", str(tmp_path / "x.npz")])
+
+
+def test_a_finished_run_without_its_checkpoint_is_refused_not_retrained(tmp_path):
+    run = tmp_path / "run"
+    train(ring_cfg(), run)
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(StartRefused, match="whose checkpoint .* is missing"):
+        decide_start(run, resolved(ring_cfg()), rerun=True)

@@ -179,6 +179,7 @@ def test_the_first_signal_of_a_training_run_waits_for_the_step_a_second_stops_at
 
     from gan_experiments.stop import StopNow, stop_requests
 
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a shell's background job
     with stop_requests() as stop:
         with pytest.raises(StopNow, match="SIGINT during set-up"):
             os.kill(os.getpid(), signal.SIGINT)
@@ -187,4 +188,16 @@ def test_the_first_signal_of_a_training_run_waits_for_the_step_a_second_stops_at
         assert stop.is_set()  # the loop checkpoints at the next step boundary
         with pytest.raises(StopNow, match="a second SIGTERM"):
             os.kill(os.getpid(), signal.SIGTERM)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) == before  # restored
+
+
+def test_a_job_of_a_stopped_sweep_stops_as_soon_as_it_takes_the_signals(tmp_path):
+    """A stop that reached the sweep before this job held the signals is not lost."""
+    from gan_experiments.stop import MARKER, StopNow, stop_requests
+
+    (tmp_path / MARKER).touch()
+    with pytest.raises(StopNow, match="a stop of its sweep"):
+        with stop_requests(sweep_dir=tmp_path):
+            pass
+    summary = train(tiny_cfg(), tmp_path / "job")
+    assert summary["status"] == "interrupted" and summary["step"] == 0
