@@ -82,10 +82,6 @@ class RunPaths:
         return max(grids, key=lambda p: int(p.stem.removeprefix("step_")), default=None)
 
 
-def checkpoint_path(run_dir: Path) -> Path:
-    return RunPaths(run_dir).checkpoint
-
-
 # The one answer to "is this the same experiment?". Keys that may differ between the starts of
 # one run without changing what it computes (how often it logs, samples and checkpoints, where
 # caches are, the terminal bar, the device); and keys that may change, but not below where the

@@ -28,7 +28,6 @@ from gan_experiments.lifecycle import (
     RunStatus,
     Start,
     StartRefused,
-    checkpoint_path,
     claim,
     decide_start,
 )
@@ -351,7 +350,7 @@ def _first_horizon(saved_config: dict | None, tc: DictConfig) -> int:
 
 
 def save_checkpoint(s: Session) -> None:
-    checkpoint.save(checkpoint_path(s.run_dir), {
+    checkpoint.save(RunPaths(s.run_dir).checkpoint, {
         "gan": s.gan.state_dict(), "rng": checkpoint.rng_state(), "config": s.config,
         "data_shape": s.data.shape, "is_image": s.data.is_image,
         "scalers": [scaler.state_dict() for scaler in s.scalers], "noise_horizon": s.noise_horizon,
