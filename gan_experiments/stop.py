@@ -5,10 +5,16 @@ checkpoint, so the first signal stops it at once. Once it trains, the first sign
 to stop at the next step boundary, after writing a checkpoint; a second signal stops at once,
 for a step or an evaluation that takes too long to wait for."""
 
+import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from gan_experiments.lifecycle import RunPaths, read_status
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -21,8 +27,6 @@ STOPPED = threading.Event()
 def _held(lock: Path) -> bool:
     """Whether a process holds a run folder's lock: a `running` status left by a killed job
     names a pid that may belong to another program by now."""
-    from filelock import FileLock, Timeout
-
     probe = FileLock(lock, timeout=0)
     try:
         probe.acquire()
@@ -32,13 +36,14 @@ def _held(lock: Path) -> bool:
     return False
 
 
+MARKER = ".stopped"  # in a sweep dir: a signal stopped that sweep
+
+
 def sweep_stopped(sweep_dir: Path | None = None) -> bool:
     """Whether a signal stopped this sweep: in this process, or, for jobs in other processes
     (Ray's workers), through the marker that `forward_stops` leaves in the sweep dir."""
     return STOPPED.is_set() or (sweep_dir is not None and (Path(sweep_dir) / MARKER).exists())
 
-
-MARKER = ".stopped"
 
 
 def forward_stops(sweep_dir: Path) -> None:
@@ -53,23 +58,18 @@ def forward_stops(sweep_dir: Path) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
     def forward():
-        import json
-        import os
-        import socket
-
         while True:
             signal.sigwait(SIGNALS)
             STOPPED.set()
             (Path(sweep_dir) / MARKER).touch()
-            for status_file in Path(sweep_dir).glob("*/status.json"):
-                try:
-                    status = json.loads(status_file.read_text())
-                    if (status.get("status") == "running" and status.get("pid")
-                            and status.get("host") == socket.gethostname()
-                            and _held(status_file.parent / ".lock")):
+            for run in (RunPaths(d) for d in Path(sweep_dir).iterdir() if d.is_dir()):
+                status = read_status(run.root)  # {} for a job that has no status yet
+                if (status.get("status") == "running" and status.get("pid")
+                        and status.get("host") == socket.gethostname() and _held(run.lock)):
+                    try:
                         os.kill(status["pid"], signal.SIGTERM)
-                except (OSError, ValueError):  # a job that just ended, or a half-read file
-                    continue
+                    except OSError:  # the job ended in between
+                        continue
 
     threading.Thread(target=forward, name="forward-stops", daemon=True).start()
 
