@@ -231,16 +231,17 @@ def _torchvision(cls, root, download, train):
 
 def _from_torchvision(cls, root, download, train, image_size, max_in_memory_mb, device):
     dataset = _torchvision(cls, root, download, train)
+    name = cls.__name__.lower() + ("" if train else "-test")  # metrics record which split they saw
     images = torch.as_tensor(dataset.data)
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
     channels, out_size = images.shape[1], image_size or images.shape[-1]
     if images.shape[0] * channels * out_size**2 > max_in_memory_mb * 2**20:
         dataset.transform = transforms.Compose([transforms.Resize(out_size), transforms.PILToTensor()])
-        return ImageStreamData(dataset, (channels, out_size, out_size), cls.__name__.lower(),
+        return ImageStreamData(dataset, (channels, out_size, out_size), name,
                                torch.device(device), num_workers=2)
     images = _resize_uint8(images.contiguous(), image_size)
     labels = torch.as_tensor(dataset.targets).long()
-    return ImageTensorData(images.to(device), labels.to(device), cls.__name__.lower())
+    return ImageTensorData(images.to(device), labels.to(device), name)
 
 
 def mnist(root="data", download=False, train=True, image_size=None, max_in_memory_mb=4096, device="cpu"):

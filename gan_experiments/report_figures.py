@@ -1,5 +1,7 @@
 """The sweep report's pictures and its one-file HTML page: learning curves with a band over
-seeds, the final objective per config with error bars, and the last sample grid per config."""
+seeds, the final objective per config with error bars, and the last sample grid per config.
+Bands and error bars are the 95 % bootstrap intervals of the mean that the report's tables
+give (comparison.py)."""
 
 import base64
 import html
@@ -12,6 +14,8 @@ import matplotlib.figure
 import matplotlib.image
 import numpy as np
 from matplotlib import colormaps
+
+from gan_experiments import comparison
 
 DPI = 100
 WIDTH = 14  # inches: 1,400 px, readable beside a browser's scroll bar
@@ -59,18 +63,19 @@ def read_scalars(run_dir: Path, tags: list[str]) -> dict[str, tuple[np.ndarray, 
 
 
 def band(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
-    """Mean and std over seeds that logged different steps: each seed is interpolated onto the
-    union of their steps, within the range that every seed covers (no extrapolation)."""
-    low, high = max(s[0] for s, _ in series), min(s[-1] for s, _ in series)
+    """Steps, mean and its 95 % bootstrap interval (low, high) over seeds that logged different
+    steps: each seed is interpolated onto the union of their steps, within the range that every
+    seed covers (no extrapolation)."""
+    first, last = max(s[0] for s, _ in series), min(s[-1] for s, _ in series)
     steps = np.unique(np.concatenate([s for s, _ in series]))
-    steps = steps[(steps >= low) & (steps <= high)]
+    steps = steps[(steps >= first) & (steps <= last)]
     grid = np.stack([np.interp(steps, s, v) for s, v in series])
-    std = grid.std(axis=0, ddof=1) if len(series) > 1 else np.zeros_like(steps, dtype=float)
-    return steps, grid.mean(axis=0), std
+    return steps, grid.mean(axis=0), *comparison.mean_cis(grid)
 
 
 def learning_curves(runs: dict[str, list[Path]], tags: list[str], png: Path) -> bool:
-    """One subplot per tag, one colour per config: mean over the config's runs, ±1 std band.
+    """One subplot per tag, one colour per config: mean over the config's runs, its 95 %
+    bootstrap interval as a band.
     Returns False, writing nothing, when no run logged any of the tags."""
     scalars = {config: [read_scalars(d, tags) for d in dirs] for config, dirs in runs.items()}
     drawn = [t for t in tags if any(t in seed for seeds in scalars.values() for seed in seeds)]
@@ -83,22 +88,24 @@ def learning_curves(runs: dict[str, list[Path]], tags: list[str], png: Path) -> 
             series = [seed[tag] for seed in seeds if tag in seed]
             if not series:
                 continue
-            steps, mean, std = band(series)
+            steps, mean, low, high = band(series)
             (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 12 else None, **style(index))
-            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
             legend[f"{wrap(config, 40)} (n={len(series)})"] = line
         ax.set(title=tag, xlabel="step", ylabel="loss" if tag.startswith("loss/") else tag.split("/")[-1])
         ax.grid(alpha=0.3)
     fig.legend(legend.values(), legend.keys(), loc="outside lower center",
                ncols=min(len(legend), 3), fontsize=10)
-    fig.suptitle("Learning curves: mean ± std over the ok runs of each config", fontsize=14)
+    fig.suptitle("Learning curves: mean over the ok runs of each config, 95 % bootstrap interval "
+                 "of the mean as the band", fontsize=14)
     fig.savefig(png)
     return True
 
 
 def objective_chart(values: dict[str, list[float]], objective: str, maximise: bool,
                     png: Path) -> bool:
-    """The final objective per config, best on top: mean ± std over seeds, each seed a cross.
+    """The final objective per config, best on top: the mean over seeds with its 95 % bootstrap
+    interval, each seed a cross.
     Returns False, writing nothing, when no config has a value."""
     drawn = [(index, config, v) for index, (config, v) in enumerate(values.items()) if v]
     if not drawn:
@@ -106,14 +113,16 @@ def objective_chart(values: dict[str, list[float]], objective: str, maximise: bo
     fig = new_figure(WIDTH * 0.75, 1.8 + 0.55 * len(drawn))
     ax = fig.subplots()
     for y, (index, _, seeds) in enumerate(drawn):
-        std = np.std(seeds, ddof=1) if len(seeds) > 1 else 0.0
-        ax.errorbar(np.mean(seeds), y, xerr=std, fmt="o", markersize=8, capsize=6,
+        mean = np.mean(seeds)
+        low, high = comparison.mean_ci(seeds) or (mean, mean)
+        ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", markersize=8, capsize=6,
                     color=style(index)["color"])
         ax.scatter(seeds, [y] * len(seeds), marker="x", color="0.35", zorder=3)
     ax.set_yticks(range(len(drawn)), [f"{wrap(c)} (n={len(v)})" for _, c, v in drawn])
     ax.invert_yaxis()
     ax.set_xlabel(f"{objective} ({'higher' if maximise else 'lower'} is better)")
-    ax.set_title(f"Final {objective} per config: mean ± std over ok runs; × = one run")
+    ax.set_title(f"Final {objective} per config: mean and 95 % bootstrap CI over ok runs; "
+                 f"× = one run")
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(png)
     return True

@@ -386,7 +386,7 @@ def evaluate_now(s: Session) -> None:
         for name, value in s.evaluator(g).items():
             tag = f"metrics{suffix}/{name}"
             s.writer.add_scalar(tag, value, s.gan.step)
-            s.metrics[tag] = {"value": value, "step": s.gan.step}
+            s.metrics[tag] = {"value": value, "step": s.gan.step, "measured": s.evaluator.measured[name]}
 
 
 def run_loop(s: Session, stop: threading.Event) -> str:

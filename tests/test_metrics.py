@@ -91,12 +91,31 @@ def test_inception_is_skipped_with_one_message_when_weights_are_missing(tmp_path
     assert "fid_inception" not in evaluator.names and "fid_classifier" in evaluator.names
 
 
+def test_each_metric_records_how_it_was_measured(digits_classifier, tmp_path):
+    digits, model, _, cache = digits_classifier
+    cfg = tiny_cfg(f"eval.cache_dir={cache}", f"eval.inception_weights={tmp_path}/absent.pth",
+                   "eval.classifier_steps=600", "eval.num_samples=300")
+    evaluator = Evaluator(cfg.eval, digits, 8, torch.device("cpu"), 0)
+    how = evaluator.measured["fid_classifier"]
+    assert how == evaluator.measured["class_coverage"]
+    assert how["weights_sha256"] == classifier.weights_sha256(model)  # the cached model's weights
+    assert how["generated"] == 300 and how["real"].startswith(f"digits: 300 of {len(digits)} images")
+    assert "classifier" in how["extractor"]
+    # Other weights, another hash: the report will not average the two.
+    other = classifier.Classifier(1, 10)
+    other.load_state_dict(model.state_dict())
+    other.head.bias.data += 1
+    assert classifier.weights_sha256(other) != how["weights_sha256"]
+
+
 def test_run_writes_metrics_everywhere(tmp_path):
     summary = train(tiny_cfg("data=ring", "eval.every=2", "eval.num_samples=500", "trainer.ema_decay=0.5",
                              model="mlp"), tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert {"metrics/modes", "metrics/hq", "metrics/reverse_kl", "metrics_ema/modes"} <= saved.keys()
     assert saved["metrics/reverse_kl"]["step"] == 4  # every metric carries its step
+    assert "mixture's modes" in saved["metrics/reverse_kl"]["measured"]["extractor"]  # and its protocol
+    assert saved["metrics/reverse_kl"]["measured"]["generated"] == 500
     assert summary["objective"] == "reverse_kl" and summary["value"] == saved["metrics/reverse_kl"]["value"]
     events = read_events(tmp_path)
     assert [e.step for e in events.Scalars("metrics/hq")] == [2, 4]

@@ -5,6 +5,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -32,15 +33,22 @@ LUCIC_REFERENCE = {
 }
 
 
+def measured(extractor="classifier CNN", weights="ab" * 32, generated=2500):
+    """How a run records that it measured a metric (metrics/evaluator.py)."""
+    return {"extractor": extractor, "weights_sha256": weights, "generated": generated,
+            "real": "mnist_5k: 2500 of 5000 images, drawn with the run's seed"}
+
+
 def write_run(sweep, overrides, status, objective="fid_classifier", metrics=None, config=None,
-              curves=None, samples=False):
-    """One job folder. `metrics`: name -> value (tagged metrics/<name>); `curves`: tag -> values
-    logged at steps 0, 10, 20, ..."""
+              curves=None, samples=False, how=None):
+    """One job folder. `metrics`: name -> value (tagged metrics/<name>), measured as `how`
+    says; `curves`: tag -> values logged at steps 0, 10, 20, ..."""
     run = sweep / ",".join(overrides)
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or {"seed": 0}))
-    tagged = {f"metrics/{k}": {"value": v, "step": 20} for k, v in (metrics or {}).items()}
+    tagged = {f"metrics/{k}": {"value": v, "step": 20, **({"measured": how} if how else {})}
+              for k, v in (metrics or {}).items()}
     value = (metrics or {}).get(objective) if status == "ok" else None
     (run / "status.json").write_text(json.dumps({
         "status": status, "step": 20, "steps": 20, "objective": objective, "value": value,
@@ -83,8 +91,10 @@ def loss_sweep(tmp_path):
 def test_only_ok_runs_are_averaged_the_rest_counted_apart(loss_sweep, capsys):
     printed = run_report(loss_sweep, capsys)
     assert "Every run has +experiment=loss_study." in printed  # said once, not in each name
-    assert "| loss=nonsat | 15 ± 7.1 (2) | 2 | 1 | 0 | 0 | 0 |" in printed
-    assert "| loss=bce | 42 ± 2.8 (2) | 2 | 0 | 1 | 0 | 0 |" in printed
+    # n = 2 is below BCa's minimum: the percentile interval of two values is their range.
+    assert "| loss=nonsat | 15 ± 7.1 (2) [10, 20] | 15 | 10 | 2 | 1 | 0 | 0 | 0 |" in printed
+    assert "| loss=bce | 42 ± 2.8 (2) [40, 44] | 42 | 40 | 2 | 0 | 1 | 0 | 0 |" in printed
+    assert "| loss=bce | loss=nonsat | +27 [+20, +34] | 0.082 | 0.082 | 0.00 | cannot tell at n = 2 |" in printed
     assert printed.index("loss=nonsat") < printed.index("loss=bce")  # lower FID first
     text = (loss_sweep / "report.csv").read_text()
     assert "nan" not in text.lower()
@@ -93,6 +103,8 @@ def test_only_ok_runs_are_averaged_the_rest_counted_apart(loss_sweep, capsys):
     assert float(nonsat["value_mean"]) == pytest.approx(15.0)  # not (10 + 20 + 1000) / 3
     assert float(nonsat["metrics/fid_classifier_mean"]) == pytest.approx(15.0)
     assert (nonsat["ok"], nonsat["interrupted"], nonsat["value_n"]) == ("2", "1", "2")
+    assert (nonsat["value_ci_low"], nonsat["value_ci_high"], nonsat["value_ci_method"]) == ("10.0", "20.0", "percentile")
+    assert (nonsat["value_median"], nonsat["value_best"]) == ("15.0", "10.0")
     assert rows["loss=bce"]["diverged"] == "1"
 
 
@@ -106,8 +118,8 @@ def test_a_job_finished_by_a_rerun_stays_in_its_config(tmp_path, capsys):
     write_run(tmp_path, ["loss=bce", "seed=0", "data.path=/other"], "ok", metrics={"fid_classifier": 9.0})
     printed = run_report(tmp_path, capsys)
     assert "Every run has loss=bce." in printed
-    assert "| (defaults) | 4 ± 1.4 (2) | 2 |" in printed
-    assert "| data.path=/other | 9 (1) | 1 |" in printed
+    assert "| (defaults) | 4 ± 1.4 (2) [3, 5] | 4 | 3 | 2 |" in printed
+    assert "| data.path=/other | 9 (1) | 9 | 9 | 1 |" in printed
     assert "progress" not in printed
 
 
@@ -129,7 +141,7 @@ def test_figures_are_written_embedded_and_wide(loss_sweep, capsys):
         assert Image.open(loss_sweep / name).width >= 800
     page = (loss_sweep / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 3
-    assert "<table>" in page and "15 ± 7.1 (2)" in page
+    assert "<table>" in page and "15 ± 7.1 (2) [10," in page
     # Self-contained: nothing else is fetched, whatever folder the page is opened from.
     assert not re.search(r'(src|href)="(?!data:)', page) and ".png" not in page
 
@@ -157,13 +169,13 @@ def test_paper_reference_table(tmp_path, capsys):
     printed = run_report(tmp_path, capsys)
     assert "## Against the paper" in printed and "Lin et al. 2018, PacGAN" in printed
     # pack=1: |6.2 - 6.3| = 0.1 <= 2 * sqrt(0.283²/2 + 0.5²/10) = 0.52
-    assert re.search(r"\| model.pack=1 \| GAN \| modes \| 6.2 ± 0.28 \(2\) \| 6.3 ± 0.5 \| "
+    assert re.search(r"\| model.pack=1 \| GAN \| modes \| 6.2 ± 0.28 \(2\) \[6, 6.4\] \| 6.3 ± 0.5 \| "
                      r"within 2 SE", printed)
     # pack=2: |5.1 - 7.9| = 2.8 > 2 * sqrt(0.141²/2 + 0.1²/10) = 0.23
-    assert re.search(r"\| model.pack=2 \| PacGAN2 \| modes \| 5.1 ± 0.14 \(2\) \| 7.9 ± 0.1 \| "
+    assert re.search(r"\| model.pack=2 \| PacGAN2 \| modes \| 5.1 ± 0.14 \(2\) \[5, 5.2\] \| 7.9 ± 0.1 \| "
                      r"outside 2 SE", printed)
     # A paper std of null leaves our SE alone: |0.07 - 0.1| = 0.03 > 2 * 0.0141 / sqrt(2) = 0.02
-    assert re.search(r"\| model.pack=2 \| PacGAN2 \| reverse_kl \| 0.07 ± 0.014 \(2\) \| 0.1 \| "
+    assert re.search(r"\| model.pack=2 \| PacGAN2 \| reverse_kl \| 0.07 ± 0.014 \(2\) \[0.06, 0.08\] \| 0.1 \| "
                      r"outside 2 SE", printed)
     assert "none for model.pack=4" in printed
     assert "Against the paper" in (tmp_path / "report.html").read_text()
@@ -176,31 +188,35 @@ def test_paper_reference_with_one_run_gives_no_verdict(tmp_path, capsys):
     assert "n=1, no verdict" in run_report(tmp_path, capsys)
 
 
-@pytest.mark.parametrize("bce_fid, expected", [
-    ((40.0, 44.0), "Ours agrees: loss=nonsat 15 ± 7.1 (2) vs loss=bce 42 ± 2.8 (2) in "
-                   "fid_classifier (lower is better); the difference -27 is beyond 2 SE"),
-    ((12.0, 14.0), "Ours cannot tell them apart: loss=nonsat 15 ± 7.1 (2) vs loss=bce 13 ± 1.4 (2) "
-                   "in fid_classifier (lower is better); the difference +2 is not beyond 2 SE "
-                   "(SE = 5.1), though our means order them the other way."),
-    ((1.0, 2.0), "Ours disagrees: loss=nonsat 15 ± 7.1 (2) vs loss=bce 1.5 ± 0.71 (2) in "
-                 "fid_classifier (lower is better); the difference +13.5 is beyond 2 SE (SE = 5)."),
+NONSAT_FIDS = (10.0, 12.0, 14.0, 16.0, 18.0, 20.0)  # mean 15, std 3.74
+
+
+@pytest.mark.parametrize("bce_fids, expected", [
+    ((40.0, 42.0, 44.0, 46.0, 48.0, 50.0), "Ours agrees: loss=nonsat 15 ± 3.7 (6)"),
+    ((14.0, 15.0, 16.0, 17.0, 18.0, 19.0), "Ours cannot tell them apart at n = 6 and 6: "
+                                           "loss=nonsat 15 ± 3.7 (6)"),
+    ((1.0, 2.0, 3.0, 4.0, 5.0, 6.0), "Ours disagrees: loss=nonsat 15 ± 3.7 (6)"),
 ])
-def test_ordering_claim(tmp_path, capsys, bce_fid, expected):
-    values = {"nonsat": (10.0, 20.0), "bce": bce_fid}
-    for loss, fids in values.items():
+def test_ordering_claim(tmp_path, capsys, bce_fids, expected):
+    for loss, fids in {"nonsat": NONSAT_FIDS, "bce": bce_fids}.items():
         for seed, fid in enumerate(fids):
             write_run(tmp_path, [f"loss={loss}", f"seed={seed}"], "ok",
                       metrics={"fid_classifier": fid}, config={"reference": LUCIC_REFERENCE})
     printed = run_report(tmp_path, capsys)
     assert 'Lucic et al. 2018, Are GANs Created Equal?: "NS beats MM in FID".' in printed
     assert expected in printed
+    if "cannot tell" in expected:
+        # Cohen's d = 1.5 / sqrt((3.74² + 1.87²) / 2) = 0.507: 63 seeds per loss for 80 % power.
+        assert ("the difference -1.5 [95 % CI -4.5, +1.5], Welch p = 0.41, P(loss=nonsat beats "
+                "loss=bce) = 0.62; our means order them as the paper does; about 63 seeds per loss "
+                "would resolve") in printed
 
 
 def test_ordering_claim_with_one_run_on_a_side_gives_no_verdict(tmp_path, capsys):
     for loss, seed, fid in (("nonsat", 0, 10.0), ("bce", 0, 40.0), ("bce", 1, 44.0)):
         write_run(tmp_path, [f"loss={loss}", f"seed={seed}"], "ok",
                   metrics={"fid_classifier": fid}, config={"reference": LUCIC_REFERENCE})
-    assert ("No verdict with n=1 on a side: loss=nonsat 10 (1) vs loss=bce 42 ± 2.8 (2) in "
+    assert ("No verdict with n=1 on a side: loss=nonsat 10 (1) vs loss=bce 42 ± 2.8 (2) [40, 44] in "
             "fid_classifier (lower is better); our means order them as the paper does.") in run_report(tmp_path, capsys)
 
 
@@ -210,3 +226,65 @@ def test_paper_spread_is_read_as_std_or_as_standard_error():
     assert paper_se(0.5, {"runs": 25}) == pytest.approx(0.1)  # a std over 25 runs
     assert paper_se(0.5, {"runs": 25, "spread": "se"}) == 0.5  # PacGAN's Table 1 prints the SE
     assert paper_se(None, {"runs": 25}) is None
+
+
+def synthetic_sweep(sweep, n, how=None):
+    """Three losses with known means (FID 20, 23, 23.2; std 2), n seeds each."""
+    rng = np.random.default_rng(0)
+    for loss, mean in (("nonsat", 20.0), ("bce", 23.0), ("smooth", 23.2)):
+        for seed, value in enumerate(rng.normal(mean, 2.0, n)):
+            write_run(sweep, [f"loss={loss}", f"seed={seed}"], "ok",
+                      metrics={"fid_classifier": float(value)}, how=how or measured())
+
+
+def test_a_known_difference_says_better_at_large_n_and_cannot_tell_at_n_2(tmp_path, capsys):
+    synthetic_sweep(tmp_path / "large", 40)
+    printed = run_report(tmp_path / "large", capsys)
+    assert re.search(r"\| loss=bce \| loss=nonsat \| \+3\.\d+ \[\+2\.\d+, \+\d\.\d+\] \| [0-9.e-]+ \| "
+                     r"[0-9.e-]+ \| 0\.[01]\d \| worse \| – \|", printed)
+    assert "Holm-adjusted across the 2 pairs shown" in printed
+    assert "BCa" in printed
+    synthetic_sweep(tmp_path / "small", 2)
+    printed = run_report(tmp_path / "small", capsys)
+    assert re.search(r"\| loss=\w+ \| loss=\w+ \| .* \| cannot tell at n = 2 \| \d+ \|", printed)
+    # Every pair on request: 3 pairs, Holm across all 3.
+    report.main([str(tmp_path / "large"), "--pairs", "all"])
+    printed = capsys.readouterr().out
+    assert "Holm-adjusted across the 3 pairs shown" in printed
+    assert "| loss=bce | loss=smooth |" in printed or "| loss=smooth | loss=bce |" in printed
+
+
+def test_a_metric_measured_two_ways_is_flagged_and_not_averaged(tmp_path, capsys):
+    synthetic_sweep(tmp_path, 3)
+    # One more run whose classifier had other weights: its FID is another quantity.
+    write_run(tmp_path, ["loss=nonsat", "seed=9"], "ok", metrics={"fid_classifier": 1.0},
+              how=measured(weights="cd" * 32))
+    printed = run_report(tmp_path, capsys)
+    assert "**metrics/fid_classifier is not comparable across this sweep**" in printed
+    assert "9 runs: " in printed and "1 run: " in printed and "cdcdcd" in printed
+    assert "| loss=nonsat | not comparable | – | – | 4 |" in printed
+    assert "No comparisons: fid_classifier was measured in different ways." in printed
+    rows = {r["config"]: r for r in csv.DictReader((tmp_path / "report.csv").read_text().splitlines())}
+    assert rows["loss=nonsat"]["value_mean"] == ""
+
+
+def test_how_a_metric_was_measured_is_reported(tmp_path, capsys):
+    synthetic_sweep(tmp_path, 2)
+    printed = run_report(tmp_path, capsys)
+    assert ("metrics/fid_classifier: classifier CNN, weights sha256 abababababababab…; 2500 "
+            "generated samples against mnist_5k: 2500 of 5000 images") in printed
+
+
+def test_a_paper_number_of_another_metric_is_not_comparable(tmp_path, capsys):
+    reference = {**LUCIC_REFERENCE, "runs": 50, "rows": {
+        "loss=bce": {"label": "MM GAN", "metrics": {"fid_inception": [9.8, 0.9]}},
+        "loss=nonsat": {"label": "NS GAN", "metrics": {"fid_inception": [6.8, 0.5]}}}}
+    for loss, fids in {"nonsat": (20.0, 22.0), "bce": (24.0, 25.0)}.items():
+        for seed, fid in enumerate(fids):
+            write_run(tmp_path, [f"loss={loss}", f"seed={seed}"], "ok",
+                      metrics={"fid_classifier": fid}, config={"reference": reference})
+    printed = run_report(tmp_path, capsys)
+    assert ("| loss=nonsat | NS GAN | fid_inception | not comparable | 6.8 ± 0.5 | not comparable: "
+            "the paper's fid_inception is not a metric these runs measured (ours: fid_classifier) |") in printed
+    assert "| 21 ± " not in printed.split("Against the paper")[1]  # our FID is never beside theirs
+    assert 'NS beats MM in FID".' in printed  # the ordering claim is still checked

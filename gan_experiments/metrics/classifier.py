@@ -45,6 +45,16 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names, shapes and bytes): which weights
+    measured a metric, however they were stored."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def train_classifier(images_uint8, labels, steps: int, seed: int = 0, progress: Progress | None = None):
     """Returns (classifier, held-out accuracy). 10% of the data is held out for the accuracy."""
     from gan_experiments.data import to_signed_unit

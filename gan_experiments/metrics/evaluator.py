@@ -21,6 +21,9 @@ class Evaluator:
         self.seed, self.progress = seed, progress or Progress(False)
         self.metric_fns, self.names = [], []
         self.info: dict[str, float] = {}
+        # How each metric is measured, stored beside every value it gives: two values are
+        # comparable only where these agree (see report.py).
+        self.measured: dict[str, dict] = {}
         # Building metric models draws random initial weights: keep that out of the run's RNG
         # stream, or a run would train differently depending on what the cache holds.
         with torch.random.fork_rng(devices=self._cuda()):
@@ -32,16 +35,21 @@ class Evaluator:
     def _setup(self, cfg: DictConfig, data, device: torch.device) -> None:
         if not data.is_image:
             self.metric_fns.append(lambda fake: mode_metrics(fake, data.centers, data.std))
-            self.names += registry.names("modes")
+            self._add("modes", extractor="none (2D points against the mixture's modes)",
+                      weights_sha256=None, real=f"{data.name}: {len(data.centers)} modes, std {data.std:g}")
             return
         real = self._real_images()
+        # The subset follows the run's seed, so seeds share the protocol, not the images.
+        real_split = f"{data.name}: {len(real)} of {len(data)} images, drawn with the run's seed"
         labels = getattr(data, "labels", None)
         if cfg.classifier and labels is not None and len(torch.unique(labels)) > 1:
             model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps,
                                                        self.progress)
             self.info["classifier_accuracy"] = accuracy
             self.metric_fns.append(classifier.ClassifierMetrics(model, real, labels))
-            self.names += registry.names("classifier")
+            self._add("classifier", extractor=f"classifier CNN trained on {data.name} "
+                      f"({classifier.FEATURES} features)", weights_sha256=classifier.weights_sha256(model),
+                      real=real_split)
         elif cfg.classifier:
             log.info("Classifier metrics skipped: %s has no class labels to train on.", data.name)
         if cfg.inception:
@@ -51,7 +59,16 @@ class Evaluator:
                 log.warning("Inception FID/KID skipped: %s.", reason)
             else:
                 self.metric_fns.append(inception.InceptionMetrics(weights, real, device))
-                self.names += registry.names("inception")
+                self._add("inception", extractor="Inception-v3 pool3 (2048 features, torchmetrics)",
+                          weights_sha256=classifier.file_sha256(weights), real=real_split)
+
+    def _add(self, family: str, extractor: str, weights_sha256: str | None, real: str) -> None:
+        """Registers a metric function's names and how they are measured."""
+        how = {"extractor": extractor, "weights_sha256": weights_sha256,
+               "generated": self.cfg.num_samples, "real": real}
+        for name in registry.names(family):
+            self.names.append(name)
+            self.measured[name] = how
 
     def _real_images(self) -> torch.Tensor:
         from gan_experiments.data import to_signed_unit
