@@ -71,7 +71,10 @@ def main(cfg: DictConfig) -> float | None:
         if sweep_stopped(hydra_cfg.sweep.dir):
             print(f"{job}: not started: the sweep was stopped", flush=True)
             return None
-        stop_between_jobs(hydra_cfg.sweep.dir)
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            # A SLURM job is one job: its signals belong to submitit and the run (slurm.py),
+            # and one job's time limit must not stop the sweep.
+            stop_between_jobs(hydra_cfg.sweep.dir)
         quiet_console()
         cfg.trainer.progress = False
         optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))

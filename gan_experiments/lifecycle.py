@@ -252,12 +252,14 @@ class RunStatus:
     def running(self, step: int) -> None:
         self._write("running", step)
 
-    def end(self, status: str, step: int, metrics: dict[str, dict]) -> dict:
+    def end(self, status: str, step: int, metrics: dict[str, dict], stopped_by: str = "") -> dict:
         """`metrics` maps a tag to {"value", "step"}. The objective's value is reported only
-        for a run that reached its last step and measured the objective there."""
+        for a run that reached its last step and measured the objective there. `stopped_by`:
+        the signal that interrupted the run (the SLURM launcher requeues on SIGUSR2)."""
         measured = metrics.get(f"metrics/{self.objective}") or metrics.get(f"final/{self.objective}")
         value = measured["value"] if status == "ok" and measured and measured["step"] == step else None
-        return self._write(status, step, objective=self.objective, value=value, metrics=metrics)
+        extra = {"stopped_by": stopped_by} if status == "interrupted" and stopped_by else {}
+        return self._write(status, step, objective=self.objective, value=value, metrics=metrics, **extra)
 
     def failed(self, step: int, error: BaseException) -> dict:
         return self._write("failed", step, objective=self.objective, value=None,

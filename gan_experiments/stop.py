@@ -1,4 +1,5 @@
-"""Stopping a run on request (SIGTERM from a scheduler, SIGINT from Ctrl-C).
+"""Stopping a run on request (SIGTERM from a scheduler, SIGINT from Ctrl-C, SIGUSR2 that
+submitit asks SLURM to send before a job's time limit or at preemption).
 
 While the run sets up (loading data, training the evaluation classifier) there is nothing to
 checkpoint, so the first signal stops it at once. Once it trains, the first signal asks the loop
@@ -16,7 +17,7 @@ from filelock import FileLock, Timeout
 
 from gan_experiments.lifecycle import RunPaths, read_status
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 # Set by any stop signal in this process. A sweep whose jobs run in this process (Hydra's basic
@@ -94,7 +95,11 @@ def stop_between_jobs(sweep_dir: Path) -> None:
 
 class StopNow(BaseException):
     """Raised from the signal handler. A BaseException, so that no `except Exception` between
-    the signal and the runner can swallow it."""
+    the signal and the runner can swallow it. `signal_name`: the signal, "" for a sweep's stop."""
+
+    def __init__(self, message: str, signal_name: str = ""):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 class StopRequest(threading.Event):
@@ -109,15 +114,15 @@ class StopRequest(threading.Event):
         STOPPED.set()
         self.signal_name = signal.Signals(signum).name
         if self.setting_up:
-            raise StopNow(f"{self.signal_name} during set-up")
+            raise StopNow(f"{self.signal_name} during set-up", self.signal_name)
         if self.is_set():
-            raise StopNow(f"a second {self.signal_name}")
+            raise StopNow(f"a second {self.signal_name}", self.signal_name)
         self.set()
 
 
 @contextmanager
 def stop_requests(sweep_dir: Path | None = None):
-    """A StopRequest that SIGTERM and SIGINT drive while the block runs (main thread only: a
+    """A StopRequest that SIGTERM, SIGINT and SIGUSR2 drive while the block runs (main thread only: a
     run started from another thread leaves the process's signals alone). A run whose sweep
     (`sweep_dir`) was stopped before it took the signals stops at once."""
     request = StopRequest()

@@ -87,6 +87,10 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(
         "ray_object_store", lambda address: 78_643_200 if address in (None, "local") else None,
         replace=True)
+    # A SLURM job asks for a GPU unless the run is set to train on the CPU: a CPU partition
+    # refuses any GPU request.
+    OmegaConf.register_new_resolver(
+        "slurm_gpus", lambda device: 0 if str(device) == "cpu" else 1, replace=True)
 
 
 def override_key(override: str) -> str:

@@ -428,7 +428,7 @@ def run_loop(s: Session, stop: threading.Event) -> str:
     return outcome
 
 
-def finish(s: Session, outcome: str) -> dict:
+def finish(s: Session, outcome: str, stopped_by: str = "") -> dict:
     """Write the run's results, each metric with the step it was measured at, and its status."""
     step = s.gan.step
     measured_now = any(v["step"] == step for k, v in s.metrics.items() if k.startswith("metrics"))
@@ -441,7 +441,7 @@ def finish(s: Session, outcome: str) -> dict:
     s.writer.close()
     checkpoint.write_json(RunPaths(s.run_dir).metrics,
                           {"status": outcome, "step": step, **s.evaluator.info, "metrics": s.metrics})
-    return s.status.end(outcome, step, s.metrics)
+    return s.status.end(outcome, step, s.metrics, stopped_by)
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -480,11 +480,13 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
         with stop_requests(sweep_dir=run_dir.parent) as stop:  # a sweep's jobs are its children
             session = set_up(cfg, run_dir, device, start.saved, config, status, hparams)
             stop.setting_up = False
-            return finish(session, run_loop(session, stop))
+            outcome = run_loop(session, stop)
+            return finish(session, outcome, stop.signal_name if outcome == "interrupted" else "")
     except StopNow as error:
         if session is None:  # nothing trained in this leg, nothing to checkpoint
             log.warning("Stopped by %s; nothing to checkpoint.", error)
-            return status.end("interrupted", step, (start.saved or {}).get("metrics", {}))
+            return status.end("interrupted", step, (start.saved or {}).get("metrics", {}),
+                              error.signal_name)
         session.writer.close()
         try:
             status.failed(session.gan.step, error)

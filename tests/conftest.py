@@ -86,6 +86,41 @@ class NanAfter:
         return loss * float("nan") if self.calls < 0 else loss
 
 
+class SignalAfter:
+    """A non-saturating generator loss that sends this process `signal` at its `calls`-th call:
+    a scheduler's signal at a known step."""
+
+    def __init__(self, calls: int, signal: str):
+        self.calls, self.signal = calls, signal
+
+    def __call__(self, fake_logits):
+        import os
+        import signal
+
+        import torch.nn.functional as F
+
+        self.calls -= 1
+        if self.calls == 0:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+        return F.softplus(-fake_logits).mean()
+
+
+class SlowNonsaturating:
+    """The non-saturating generator loss, `seconds` slower per call: a run whose length in
+    seconds barely depends on the machine (the SLURM time-limit test)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, fake_logits):
+        import time
+
+        import torch.nn.functional as F
+
+        time.sleep(self.seconds)
+        return F.softplus(-fake_logits).mean()
+
+
 def read_events(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -365,3 +365,28 @@ def test_one_ctrl_c_ends_a_ray_sweep_with_checkpoints_and_its_table(tmp_path):
         state = torch.load(Path(row["run_dir"]) / "checkpoints" / "last.pt", weights_only=False)
         assert state["gan"]["step"] == int(row["step"]) > 0
     assert "Run the same command again to resume it" in out
+
+
+def test_the_slurm_launcher_asks_for_a_gpu_only_when_the_run_may_use_one():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    for device, gpus in (("auto", 1), ("cuda", 1), ("cpu", 0)):
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=["hydra/launcher=slurm", f"trainer.device={device}"],
+                          return_hydra_config=True)
+        assert cfg.hydra.launcher.gpus_per_node == gpus
+        assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")  # Hydra takes it from there
+
+
+def test_a_refused_submission_is_one_paragraph_with_its_fix():
+    from gan_experiments.slurm import refusal
+
+    said = refusal("sbatch: error: Invalid generic resource (gres) specification\n")
+    assert said == ("SLURM refused the sweep's jobs, so nothing was submitted: sbatch: error: "
+                    "Invalid generic resource (gres) specification. To fix it, the partition has "
+                    "no GPUs: add trainer.device=cpu (the launcher then asks for no GPU) or "
+                    "hydra.launcher.gpus_per_node=0.")
+    assert "hydra.launcher.partition=<name>" in refusal("sbatch: error: invalid partition specified: gpu")
+    assert "sinfo -s" in refusal("sbatch: error: something new")

@@ -201,3 +201,15 @@ def test_a_job_of_a_stopped_sweep_stops_as_soon_as_it_takes_the_signals(tmp_path
             pass
     summary = train(tiny_cfg(), tmp_path / "job")
     assert summary["status"] == "interrupted" and summary["step"] == 0
+
+
+def test_sigusr2_before_a_time_limit_checkpoints_and_is_recorded(tmp_path):
+    """submitit's SIGUSR2 (sent before a SLURM time limit) stops a run like SIGTERM, and the
+    status says which signal it was: the SLURM launcher requeues on it."""
+    cfg = tiny_cfg("trainer.steps=50", "trainer.checkpoint_every=100", "eval.every=0",
+                   "loss.generator._target_=conftest.SignalAfter", "loss.generator._partial_=false",
+                   "+loss.generator.calls=5", "+loss.generator.signal=SIGUSR2")
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGUSR2"
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["gan"]
+    assert saved["step"] == summary["step"] == 5  # stopped after the step the signal came in

@@ -1,0 +1,134 @@
+"""Sweeps on a SLURM cluster: hydra-submitit-launcher's SlurmLauncher (`hydra/launcher=slurm`),
+with three things a cluster needs beyond it. Hydra takes launchers only from the hydra_plugins
+package: the launcher is hydra_plugins/gan_experiments_slurm/launcher.py, and what it does
+lives here.
+
+- A time limit or a preemption does not lose the job's work. submitit asks SLURM for SIGUSR2
+  `signal_delay_s` before the limit. The run takes it like SIGTERM (gan_experiments.stop): it
+  writes a checkpoint at the next step and ends `interrupted`. Then the job hands the signal to
+  submitit's own handler, which pickles this launcher's `checkpoint()` (the same job again) and
+  requeues it; the requeued job resumes from the checkpoint. `scontrol requeue <job>` sends
+  SIGTERM instead: the job checkpoints the same way and exits without a result, so that the
+  sweep waits for the requeued job.
+- A submission that sbatch refuses ends in one paragraph: sbatch's message and the override
+  that fixes it.
+- A cluster without accounting makes every `sacct` poll fail: said once, and not polled.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from gan_experiments.errors import UserError
+from gan_experiments.lifecycle import read_status
+
+log = logging.getLogger(__name__)
+
+# What fixes a refusal, by a phrase of sbatch's message.
+FIXES = {
+    "gres": "the partition has no GPUs: add trainer.device=cpu (the launcher then asks for no "
+            "GPU) or hydra.launcher.gpus_per_node=0",
+    "invalid partition": "choose a partition that exists (`sinfo -s` lists them): "
+                         "hydra.launcher.partition=<name>",
+    "node configuration is not available": "ask for no more than a node has (`sinfo -N -l`): "
+                                           "lower cpus_per_job or hydra.launcher.mem_gb",
+    "memory specification": "lower hydra.launcher.mem_gb to what a node has (`sinfo -N -l`)",
+    "time limit": "lower hydra.launcher.timeout_min to the partition's limit (`sinfo -s`)",
+    "account": "set your account: +hydra.launcher.additional_parameters.account=<name>",
+    "qos": "set a QOS you may use: hydra.launcher.qos=<name>",
+}
+
+
+def refusal(message: str) -> str:
+    """The paragraph for a submission that sbatch refused."""
+    message = " ".join(message.split())
+    fix = next((fix for phrase, fix in FIXES.items() if phrase in message.lower()),
+               "check the launcher's settings (python -m gan_experiments hydra/launcher=slurm "
+               "--cfg hydra -p hydra.launcher) against the partition (`sinfo -s`)")
+    return (f"SLURM refused the sweep's jobs, so nothing was submitted: {message.rstrip('.')}. "
+            f"To fix it, {fix}.")
+
+
+def quiet_sacct() -> None:
+    """submitit polls `sacct` for the jobs' states and warns on every poll that fails, as it
+    does on every poll of a cluster without job accounting. There, say so once and stop
+    polling: submitit then learns that a job ended from the job's result file."""
+    try:
+        subprocess.run(["sacct", "--noheader", "--jobs", "1"], capture_output=True, text=True,
+                       timeout=30, check=True)
+        return
+    except subprocess.CalledProcessError as error:
+        reason = " ".join(error.stderr.split()) or f"exit status {error.returncode}"
+    except (OSError, subprocess.SubprocessError):
+        return  # no sacct (or no answer): submitit's own message says it
+    from submitit.slurm.slurm import SlurmJob
+
+    log.warning("sacct fails on this cluster (%s): the sweep learns that a job ended from the "
+                "job's result file, without polling.", reason)
+    SlurmJob.watcher._make_command = lambda: None  # submitit skips a poll without a command
+
+
+def restarts() -> int | None:
+    """How many times SLURM has requeued this job so far, as slurmctld says now; None outside
+    a SLURM job or when scontrol does not answer."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True,
+                               text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    field = next((f for f in shown.split() if f.startswith("Restarts=")), None)
+    return int(field.split("=", 1)[1]) if field else None
+
+
+def launch(submit):
+    """Runs `submit()` (the submission of a sweep's jobs), with sacct's warning said once and
+    a refused submission said as one paragraph."""
+    from submitit.core.utils import FailedJobError
+
+    quiet_sacct()
+    try:
+        return submit()
+    except FailedJobError as error:
+        if "sbatch" not in str(error):  # a job that failed on its node: submitit's own report
+            raise
+        message = refusal(str(error))
+    except FileNotFoundError as error:  # no sbatch here
+        message = (f"{error.filename} is not on this machine: submit from a SLURM login node, "
+                   f"or run the sweep here with hydra/launcher=parallel.")
+    raise SystemExit(f"\nError: {UserError(message)}\n")
+
+
+def run_job(run):
+    """Runs one job on its node through `run()` (Hydra's run_job), then requeues it if a time
+    limit, a preemption or `scontrol requeue` interrupted it. Returns run()'s JobReturn."""
+    # submitit's SIGUSR2 handler: it pickles the launcher's checkpoint() and requeues this
+    # job. The run replaces it while it trains, so the checkpoint is written first.
+    requeue_now = signal.getsignal(signal.SIGUSR2)
+    restarts_at_start = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        import torch
+
+        # torch starts a thread per core of the node; on a node shared with other jobs, more
+        # threads than the job's CPUs made a step 6x slower here.
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    result = run()
+    status = read_status(Path(result.hydra_cfg.hydra.runtime.output_dir))
+    if status.get("status") != "interrupted":
+        return result
+    stopped_by = status.get("stopped_by")
+    if stopped_by == "SIGUSR2" and callable(requeue_now):
+        print(f"Time limit or preemption: checkpoint written at step {status.get('step')}; "
+              f"requeueing the job.", flush=True)
+        requeue_now(signal.SIGUSR2, None)  # requeues, then exits
+    elif stopped_by == "SIGTERM" and (restarts() or 0) > restarts_at_start:
+        # `scontrol requeue`: SLURM starts this job again, and that run resumes. Exiting
+        # without a result keeps the sweep waiting for it rather than reporting this one.
+        print(f"Requeued by SLURM; checkpoint written at step {status.get('step')}.", flush=True)
+        sys.exit(-1)
+    return result
