@@ -374,9 +374,11 @@ def reference_section(rows: list[Row]) -> tuple[str, list] | None:
                       else f"paper std²/{reference.get('runs')}")
         picked = (f"picked by {reference['row_key']}" if "row_key" in reference
                   else "picked by the config's overrides")
+        se = (f"; SE = sqrt(our std²/n + {paper_term})"
+              if reference.get("runs") or reference.get("spread") == "se" else "")
         blocks.append(f"Source: {reference.get('numbers_source', reference['source'])}. Paper rows "
-                      f"{picked}; SE = sqrt(our std²/n + {paper_term}). A paper number sits "
-                      f"beside ours only where our runs measured the same metric.")
+                      f"{picked}{se}. A paper number sits beside ours only where our runs "
+                      f"measured the same metric.")
         blocks.append(paper_table(rows, reference))
     return "Against the paper", blocks
 
