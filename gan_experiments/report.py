@@ -230,13 +230,15 @@ def comparisons_section(rows: list[Row], objective: str, pairs: str = "best",
              f"{comparison.ALPHA}. P(config beats against): the share of run pairs in which the "
              f"config's run is better (Mann-Whitney U / n₁n₂). Seeds needed: per config, for "
              f"{comparison.POWER:.0%} power to detect the observed difference at level "
-             f"{comparison.ALPHA} (two-sided t-test, statsmodels).")
+             f"{comparison.ALPHA} (two-sided t-test, statsmodels), for that pair alone: with "
+             f"several pairs Holm's correction asks for more.")
     table = Table(["config", "against", "difference [95 % CI]", "Welch p", "Holm p",
                    "P(config beats against)", "verdict", "seeds per config needed"],
                   [[c.a, c.b, f"{c.difference:+.3g} [{c.ci[0]:+.3g}, {c.ci[1]:+.3g}]",
                     f"{c.welch_p:.2g}", f"{c.holm_p:.2g}", f"{c.p_improvement:.2f}", c.verdict,
                     "–" if not c.verdict.startswith("cannot") else
-                    (str(c.seeds_needed) if c.seeds_needed else "no difference observed")]
+                    (str(c.seeds_needed) if c.seeds_needed else
+                     "no difference observed" if c.difference == 0 else "unknown: no spread")]
                    for c in results])
     return title, [intro, table]
 
@@ -307,6 +309,10 @@ def paper_table(rows: list[Row], reference: dict) -> Table:
             paper_cell = f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
             tag = f"metrics/{name}"
             measured = any(tag in (r["status"].get("metrics") or {}) for r in row.runs)
+            if reference.get("comparable") is False:  # the preset says why
+                cells.append([row.config, paper.get("label", key), name, "not comparable",
+                              paper_cell, f"not comparable: {reference['why']}"])
+                continue
             if not measured:
                 ours = sorted(t.split("/", 1)[1] for r in row.runs
                               for t in r["status"].get("metrics") or {} if t.startswith("metrics/"))
@@ -315,8 +321,10 @@ def paper_table(rows: list[Row], reference: dict) -> Table:
                               f"these runs measured (ours: {', '.join(dict.fromkeys(ours)) or 'none'})"])
                 continue
             ours = row.metrics.get(tag)
-            cells.append([row.config, paper.get("label", key), name, fmt(ours), paper_cell,
-                          paper_verdict(ours, mean, paper_se(std, reference))])
+            verdict = ("not comparable: the runs measured it in different ways"
+                       if ours is None and row.values(tag) else
+                       paper_verdict(ours, mean, paper_se(std, reference)))
+            cells.append([row.config, paper.get("label", key), name, fmt(ours), paper_cell, verdict])
     return Table(["config", "paper row", "metric", "ours: mean ± std (n) [95 % CI]",
                   f"paper: mean ± {reference.get('spread', 'std')}", "verdict"], cells)
 
@@ -353,7 +361,8 @@ def ordering_sentence(rows: list[Row], reference: dict) -> str:
         return (f"{claim} Ours {'agrees' if test.verdict == 'better' else 'disagrees'}: "
                 f"{measured}; {numbers_said}.")
     needed = (f"about {test.seeds_needed} seeds per loss would resolve a difference this size "
-              f"at 80 % power" if test.seeds_needed else "the means are equal")
+              f"at 80 % power" if test.seeds_needed else "the means are equal"
+              if test.difference == 0 else "with no spread in either, no test applies")
     return (f"{claim} Ours cannot tell them apart at n = {better.n} and {worse.n}: {measured}; "
             f"{numbers_said}; our means order them {order}; {needed}.")
 
@@ -396,12 +405,13 @@ def representative_sample(row: Row) -> tuple[str, Path] | None:
     return f"{figures.wrap(row.config)}\nseed {seed_of(run)}, {run_status(run)}, step {step}", png
 
 
-def figure_blocks(sweep_dir: Path, rows: list[Row], objective: str) -> list:
-    """Each figure as a Picture, or a sentence saying why it was skipped."""
+def figure_blocks(sweep_dir: Path, rows: list[Row], objective: str, mixed: dict = None) -> list:
+    """Each figure as a Picture, or a sentence saying why it was skipped. An objective
+    measured in different ways is neither averaged nor drawn."""
     ok = {row.config: [r["dir"] for r in ok_runs(row.runs)] for row in rows}
-    tags = [f"metrics/{objective}", *LOSS_TAGS]
-    finals = {row.config: [r["status"]["value"] for r in ok_runs(row.runs)
-                           if isinstance(r["status"].get("value"), (int, float))] for row in rows}
+    comparable = f"metrics/{objective}" not in (mixed or {})
+    tags = [f"metrics/{objective}"] * comparable + LOSS_TAGS
+    finals = {row.config: row.values() if comparable else [] for row in rows}
     samples = dict(filter(None, (representative_sample(row) for row in rows)))
     drawn = [
         (figures.learning_curves(ok, tags, sweep_dir / "report_curves.png"), "report_curves.png",
@@ -458,7 +468,9 @@ def report(sweep_dir: Path, pairs: str = "best") -> str:
     mixed = measured_differently(runs, columns)
     better = "higher" if higher_is_better(objective) else "lower"
     intro = (f"Mean ± std (n) [95 % bootstrap CI of the mean] over the runs whose status is ok; "
-             f"interrupted, diverged, failed and running runs are counted, never averaged in. The "
+             f"below n = {comparison.BCA_MIN_N} the interval is the percentile bootstrap's, which "
+             f"is too narrow for a handful of runs (at n = 2 it is their range). Interrupted, "
+             f"diverged, failed and running runs are counted, never averaged in. The "
              f"median and the best of the n runs are single runs, not the mean. Sorted by "
              f"{objective}, {better} is better."
              + (f" Every run has {' '.join(sorted(shared))}." if shared else ""))
@@ -466,7 +478,7 @@ def report(sweep_dir: Path, pairs: str = "best") -> str:
                 comparisons_section(rows, objective, pairs, mixed),
                 measurement_section(runs, columns, mixed)]
     sections += filter(None, [reference_section(rows)])
-    sections.append(("Figures", figure_blocks(sweep_dir, rows, objective)))
+    sections.append(("Figures", figure_blocks(sweep_dir, rows, objective, mixed)))
     title = f"Sweep report: {sweep_dir}"
     (sweep_dir / "report.md").write_text(f"# {title}\n\n{markdown(sections)}")
     with open(sweep_dir / "report.csv", "w", newline="") as f:

@@ -7,9 +7,12 @@ lives here.
   `signal_delay_s` before the limit. The run takes it like SIGTERM (gan_experiments.stop): it
   writes a checkpoint at the next step and ends `interrupted`. Then the job hands the signal to
   submitit's own handler, which pickles this launcher's `checkpoint()` (the same job again) and
-  requeues it; the requeued job resumes from the checkpoint. `scontrol requeue <job>` sends
-  SIGTERM instead: the job checkpoints the same way and exits without a result, so that the
-  sweep waits for the requeued job.
+  requeues it; the requeued job resumes from the checkpoint. A preemption that sends SIGUSR2
+  (SLURM's PreemptParameters=send_user_signal) is handled the same way. `scontrol requeue <job>`
+  sends SIGTERM instead: the job checkpoints the same way and, seeing its restart count raised,
+  exits without a result, so that the sweep waits for the requeued job. A SIGTERM that SLURM
+  has not (yet) counted as a requeue, as from scancel or a preemption without the user signal,
+  ends the job `interrupted` with its checkpoint; the same sweep command resumes it.
 - A submission that sbatch refuses ends in one paragraph: sbatch's message and the override
   that fixes it.
 - A cluster without accounting makes every `sacct` poll fail: said once, and not polled.
@@ -23,7 +26,6 @@ import sys
 from pathlib import Path
 
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import read_status
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ def launch(submit):
 def run_job(run):
     """Runs one job on its node through `run()` (Hydra's run_job), then requeues it if a time
     limit, a preemption or `scontrol requeue` interrupted it. Returns run()'s JobReturn."""
+    from gan_experiments.lifecycle import read_status  # torch: not at Hydra's plugin scan
+
     # submitit's SIGUSR2 handler: it pickles the launcher's checkpoint() and requeues this
     # job. The run replaces it while it trains, so the checkpoint is written first.
     requeue_now = signal.getsignal(signal.SIGUSR2)
@@ -119,8 +123,8 @@ def run_job(run):
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     result = run()
     status = read_status(Path(result.hydra_cfg.hydra.runtime.output_dir))
-    if status.get("status") != "interrupted":
-        return result
+    if status.get("status") != "interrupted" or status.get("pid") != os.getpid():
+        return result  # finished, or not started in this leg (a refused start): no requeue
     stopped_by = status.get("stopped_by")
     if stopped_by == "SIGUSR2" and callable(requeue_now):
         print(f"Time limit or preemption: checkpoint written at step {status.get('step')}; "

@@ -288,3 +288,25 @@ def test_a_paper_number_of_another_metric_is_not_comparable(tmp_path, capsys):
             "the paper's fid_inception is not a metric these runs measured (ours: fid_classifier) |") in printed
     assert "| 21 ± " not in printed.split("Against the paper")[1]  # our FID is never beside theirs
     assert 'NS beats MM in FID".' in printed  # the ordering claim is still checked
+
+
+def test_a_preset_can_declare_a_paper_number_not_comparable(tmp_path, capsys):
+    reference = {**LUCIC_REFERENCE, "comparable": False, "why": "their best of a search", "rows": {
+        "loss=nonsat": {"label": "NS GAN", "metrics": {"fid_classifier": [6.8, 0.5]}}}}
+    for seed, fid in enumerate((20.0, 22.0)):
+        write_run(tmp_path, ["loss=nonsat", f"seed={seed}"], "ok", metrics={"fid_classifier": fid},
+                  config={"reference": reference})
+    printed = run_report(tmp_path, capsys)
+    # Even a metric of the same name is not set beside theirs.
+    assert ("| loss=nonsat | NS GAN | fid_classifier | not comparable | 6.8 ± 0.5 | not comparable: "
+            "their best of a search |") in printed
+
+
+def test_configs_without_spread_that_differ_are_told_apart(tmp_path, capsys):
+    for pack, modes in ((1, 7), (2, 8)):
+        for seed in range(3):
+            write_run(tmp_path, [f"model.pack={pack}", f"seed={seed}"], "ok", "modes",
+                      metrics={"modes": modes})
+    printed = run_report(tmp_path, capsys)
+    # Welch's t is infinite without spread: scipy's p is 0, never "the means are equal".
+    assert "| model.pack=1 | model.pack=2 | -1 [-1, -1] | 0 | 0 | 0.00 | worse | – |" in printed
