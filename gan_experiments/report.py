@@ -224,8 +224,9 @@ def comparisons_section(rows: list[Row], objective: str, pairs: str = "best",
     results = comparison.compare({r.config: r.values() for r in ranked}, chosen, maximise)
     method = {c.method for c in results}
     intro = (f"{objective}, {'higher' if maximise else 'lower'} is better. Difference = mean(config) − "
-             f"mean(against), with its 95 % bootstrap interval ({' or '.join(sorted(method))}; BCa "
-             f"from n = {comparison.BCA_MIN_N}). Welch's t-test p, Holm-adjusted across the "
+             f"mean(against), with its 95 % bootstrap interval ({' and '.join(sorted(method))} "
+             f"here: BCa from n = {comparison.BCA_MIN_N}, the percentile interval below). Welch's "
+             f"t-test p, Holm-adjusted across the "
              f"{len(results)} pair{'s' * (len(results) > 1)} shown; a verdict needs Holm p < "
              f"{comparison.ALPHA}. P(config beats against): the share of run pairs in which the "
              f"config's run is better (Mann-Whitney U / n₁n₂). Seeds needed: per config, for "
