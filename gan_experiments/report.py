@@ -15,6 +15,7 @@ import csv
 import itertools
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,27 +107,32 @@ def measured_differently(runs: list[dict], columns: list[str]) -> dict[str, dict
     """Tags whose ok runs measured them in more than one way: tag -> {way: runs}."""
     found = {}
     for tag in columns:
-        ways: dict[str, int] = {}
-        for run in ok_runs(runs):
-            if metric_value(run, tag) is not None:
-                ways[measurement(run, tag)] = ways.get(measurement(run, tag), 0) + 1
+        ways = Counter(measurement(r, tag) for r in ok_runs(runs) if metric_value(r, tag) is not None)
         if len(ways) > 1:
-            found[tag] = ways
+            found[tag] = dict(ways)
     return found
 
 
-def summarise(runs: list[dict], shared: set[str] = frozenset()) -> tuple[list[Row], list[str], str]:
+def metric_columns(runs: list[dict]) -> list[str]:
+    """The metric tags any run reported, in the table's order."""
+    return sorted({tag for r in runs for tag in r["status"].get("metrics") or {}
+                   if tag.startswith(METRIC_PREFIXES)})
+
+
+def summarise(runs: list[dict], shared: set[str] = frozenset(),
+              mixed: dict[str, dict] | None = None) -> tuple[list[Row], list[str], str]:
     """Rows sorted best first, the metric tags any run reported, and the objective's name.
     `shared`: overrides left out of the configs' names. A metric measured in different ways
-    across the sweep gets no statistics (None), and neither does an objective that is one."""
+    across the sweep (`mixed`, found here when not given) gets no statistics (None), and
+    neither does an objective that is one."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
         groups.setdefault(group_key(run["overrides"], shared), []).append(run)
     objective = next((r["status"]["objective"] for r in runs if r["status"].get("objective")),
                      "loss_G")
-    columns = sorted({tag for r in runs for tag in r["status"].get("metrics") or {}
-                      if tag.startswith(METRIC_PREFIXES)})
-    mixed = measured_differently(runs, columns)
+    columns = metric_columns(runs)
+    if mixed is None:
+        mixed = measured_differently(runs, columns)
     rows = []
     for config, members in groups.items():
         row = Row(config, members, None, {})
@@ -465,8 +471,8 @@ def report(sweep_dir: Path, pairs: str = "best") -> str:
         raise SystemExit(f"Error: no runs (folders with status.json) under {sweep_dir}. Pass the "
                          f"sweep dir that `python -m gan_experiments -m ...` printed.")
     shared = shared_settings(runs)
-    rows, columns, objective = summarise(runs, shared)
-    mixed = measured_differently(runs, columns)
+    mixed = measured_differently(runs, metric_columns(runs))
+    rows, columns, objective = summarise(runs, shared, mixed)
     better = "higher" if higher_is_better(objective) else "lower"
     intro = (f"Mean ± std (n) [95 % bootstrap CI of the mean] over the runs whose status is ok; "
              f"below n = {comparison.BCA_MIN_N} the interval is the percentile bootstrap's, which "

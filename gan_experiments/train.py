@@ -429,7 +429,8 @@ def run_loop(s: Session, stop: threading.Event) -> str:
 
 
 def finish(s: Session, outcome: str, stopped_by: str = "") -> dict:
-    """Write the run's results, each metric with the step it was measured at, and its status."""
+    """Write the run's results, each metric with the step it was measured at, and its status.
+    `stopped_by`: the signal seen, if any; the status records it only for an interrupted run."""
     step = s.gan.step
     measured_now = any(v["step"] == step for k, v in s.metrics.items() if k.startswith("metrics"))
     if outcome == "ok" and s.evaluator.enabled and not measured_now:
@@ -480,8 +481,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
         with stop_requests(sweep_dir=run_dir.parent) as stop:  # a sweep's jobs are its children
             session = set_up(cfg, run_dir, device, start.saved, config, status, hparams)
             stop.setting_up = False
-            outcome = run_loop(session, stop)
-            return finish(session, outcome, stop.signal_name if outcome == "interrupted" else "")
+            return finish(session, run_loop(session, stop), stop.signal_name)
     except StopNow as error:
         if session is None:  # nothing trained in this leg, nothing to checkpoint
             log.warning("Stopped by %s; nothing to checkpoint.", error)
