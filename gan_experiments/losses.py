@@ -12,9 +12,10 @@ import torch.nn.functional as F
 # --- the value function of Goodfellow et al. (2014) and its variants --------------------
 
 
-def bce_discriminator(real_logits, fake_logits, real_target: float = 1.0, fake_target: float = 0.0):
-    """-[E log D(x) + E log(1 - D(G(z)))], with optional label smoothing of the targets
-    (real_target=0.9 is one-sided smoothing; fake_target=0.1 makes it two-sided)."""
+def bce_discriminator(real_logits, fake_logits, *, real_target: float, fake_target: float):
+    """-[E log D(x) + E log(1 - D(G(z)))] for targets 1 and 0 (Goodfellow et al. 2014, eq. 1);
+    other targets smooth the labels (real_target=0.9 is one-sided smoothing, Salimans et al.
+    2016, section 3.4; fake_target=0.1 makes it two-sided)."""
     real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_target))
     fake = F.binary_cross_entropy_with_logits(fake_logits, torch.full_like(fake_logits, fake_target))
     return real + fake
@@ -61,31 +62,40 @@ def wasserstein_generator(fake_logits):
 
 
 # --- gradient penalties ------------------------------------------------------------------
+# One signature, (discriminator, real, fake, *, pack, grad_scale, weight), so conf/loss/penalty
+# chooses one like any other loss. Each returns `weight` times its penalty, a scalar to add to
+# D's loss. D judges packs of `pack` consecutive samples (PacGAN), so the gradient norms are
+# taken per pack. `grad_scale`: with fp16 the loss is scaled before the input gradient and the
+# gradient unscaled after it (PyTorch's AMP recipe for gradient penalties); 1 otherwise.
 
 
 def _input_gradient(outputs, inputs, grad_scale):
-    """d(sum outputs)/d(inputs), kept in the graph. With fp16 the loss is scaled before the
-    gradient and the gradient unscaled after it (PyTorch's AMP recipe for gradient penalties);
-    `grad_scale` is 1 otherwise."""
+    """d(sum outputs)/d(inputs), kept in the graph for D's backward."""
     (grad,) = torch.autograd.grad(outputs.sum() * grad_scale, inputs, create_graph=True)
     return grad / grad_scale
 
 
-def wgan_gradient_penalty(discriminator, real, fake, pack: int = 1, grad_scale=1.0):
-    """E (||grad_x D(x_hat)|| - 1)^2 at x_hat on straight lines between real and fake samples
-    (Gulrajani et al. 2017). D judges packs of `pack` consecutive samples (PacGAN), so each
-    pack gets one mixing coefficient and one gradient norm over all of its samples."""
+def no_penalty(discriminator, real, fake, *, pack: int, grad_scale, weight: float):
+    """The zero penalty of `loss/penalty=none` (its weight must be 0)."""
+    return torch.zeros((), device=real.device)
+
+
+def wgan_gradient_penalty(discriminator, real, fake, *, pack: int, grad_scale, weight: float):
+    """lambda E (||grad_x D(x_hat)||_2 - 1)^2 at x_hat on straight lines between real and fake
+    samples (Gulrajani et al. 2017, eq. 3, lambda = `weight`). Each pack gets one mixing
+    coefficient and one gradient norm over all of its samples."""
     packs = real.shape[0] // pack
     alpha = torch.rand((packs,) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
     alpha = alpha.repeat_interleave(pack, dim=0)
     mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     grad = _input_gradient(discriminator(mixed), mixed, grad_scale)
-    return (grad.reshape(packs, -1).norm(dim=1) - 1.0).pow(2).mean()
+    return weight * (grad.reshape(packs, -1).norm(dim=1) - 1.0).pow(2).mean()
 
 
-def r1_penalty(real_logits, real, pack: int = 1, grad_scale=1.0):
-    """(1/2) E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018), per pack of `pack`
-    samples; `real` must have been passed to D with requires_grad, so the logits D already
-    computed serve."""
-    grad = _input_gradient(real_logits, real, grad_scale)
-    return 0.5 * grad.reshape(real.shape[0] // pack, -1).pow(2).sum(dim=1).mean()
+def r1_penalty(discriminator, real, fake, *, pack: int, grad_scale, weight: float):
+    """(gamma / 2) E ||grad_x D(x)||_2^2 on real data (Mescheder et al. 2018, eq. 9, gamma =
+    `weight`), from a pass of D of its own on the real batch, as StyleGAN2 takes it. `fake` is
+    unused."""
+    real = real.detach().requires_grad_(True)
+    grad = _input_gradient(discriminator(real), real, grad_scale)
+    return weight * 0.5 * grad.reshape(real.shape[0] // pack, -1).pow(2).sum(dim=1).mean()

@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 from gan_experiments import checkpoint
+from gan_experiments.data import check_batch_size
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import (
     RunPaths,
@@ -31,7 +32,7 @@ from gan_experiments.lifecycle import (
     claim,
     decide_start,
 )
-from gan_experiments.losses import r1_penalty, wgan_gradient_penalty
+from gan_experiments.losses import no_penalty
 from gan_experiments.metrics.evaluator import Evaluator
 from gan_experiments.models import check_batch_norm
 from gan_experiments.progress import Progress
@@ -87,18 +88,17 @@ class GAN:
 
 @dataclass
 class Losses:
+    """The run's loss functions, from conf/loss: `penalty(D, real, fake, grad_scale=...)` is
+    the weighted gradient penalty on D, or None."""
+
     discriminator: Callable
     generator: Callable
-    penalty: str
-    penalty_weight: float
-    pack: int  # PacGAN: D judges packs, so its gradient penalties are taken per pack
+    penalty: Callable | None
 
-    def gradient_penalty(self, D, real, real_logits, fake, grad_scale) -> torch.Tensor:
-        if self.penalty == "wgan_gp":
-            return wgan_gradient_penalty(D, real, fake, self.pack, grad_scale)
-        if self.penalty == "r1":
-            return r1_penalty(real_logits, real, self.pack, grad_scale)
-        return torch.zeros((), device=real.device)
+    def gradient_penalty(self, D, real, fake, grad_scale) -> torch.Tensor:
+        if self.penalty is None:
+            return torch.zeros((), device=real.device)
+        return self.penalty(D, real, fake, grad_scale=grad_scale)
 
 
 def build(node: DictConfig, **kwargs):
@@ -112,9 +112,16 @@ def build(node: DictConfig, **kwargs):
 
 
 def make_losses(cfg: DictConfig) -> Losses:
+    """The loss functions of conf/loss. A penalty of weight 0 is none: it is not computed.
+    Raises UserError for a weight given to loss/penalty=none."""
     penalty = cfg.loss.penalty
+    if penalty._target_ == f"{no_penalty.__module__}.{no_penalty.__name__}" and penalty.weight != 0:
+        raise UserError(f"loss.penalty.weight={penalty.weight}, but no gradient penalty is chosen "
+                        f"(loss/penalty=none). Choose one, e.g. loss/penalty=r1 or loss/penalty=wgan_gp, "
+                        f"or drop loss.penalty.weight.")
+    # PacGAN: D judges packs of samples, so a gradient penalty is taken per pack.
     return Losses(build(cfg.loss.discriminator), build(cfg.loss.generator),
-                  getattr(penalty, "value", penalty), cfg.loss.penalty_weight, cfg.model.pack)
+                  build(penalty, pack=cfg.model.pack) if penalty.weight != 0 else None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -164,7 +171,7 @@ def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
                instantiate(cfg.schedule.d)(opt_d), ema, fixed_noise)
 
 
-def maybe_compile(gan: GAN, cfg: DictConfig, device: torch.device) -> None:
+def maybe_compile(gan: GAN, losses: Losses, cfg: DictConfig, device: torch.device) -> None:
     """torch.compile G and D when asked; fall back to eager, with a warning, where it fails."""
     if not cfg.trainer.compile:
         return
@@ -177,15 +184,14 @@ def maybe_compile(gan: GAN, cfg: DictConfig, device: torch.device) -> None:
             probe_d.compile(backend=cfg.trainer.compile_backend)
             # The step the run will take, its gradient penalty's double backward included:
             # AOTAutograd compiles a forward and backward that cannot be differentiated again.
-            losses = make_losses(cfg)
             z = torch.randn(cfg.trainer.batch_size, cfg.model.latent_dim, device=device)
-            with _autocast_factory(device, str(getattr(cfg.trainer.precision, "value", cfg.trainer.precision)))():
+            with _autocast_factory(device, resolved(cfg.trainer)["precision"])():
                 fake = probe_g(z)
-                real = torch.randn_like(fake).requires_grad_(losses.penalty == "r1")
-                real_logits = probe_d(real)
-                penalty = losses.gradient_penalty(probe_d, real, real_logits, fake.detach(),
-                                                  torch.ones((), device=device))
-                loss = probe_d(fake).float().sum() + real_logits.float().sum() + penalty
+                real = torch.randn_like(fake)
+                if cfg.trainer.channels_last and real.dim() == 4:  # as train_step feeds D
+                    real = real.contiguous(memory_format=torch.channels_last)
+                penalty = losses.gradient_penalty(probe_d, real, fake.detach(), torch.ones((), device=device))
+                loss = probe_d(fake).float().sum() + probe_d(real).float().sum() + penalty
             loss.backward()
         except Exception as error:  # any backend failure means: run eagerly
             log.warning("torch.compile failed (%s: %s); training without it.", type(error).__name__, error)
@@ -223,7 +229,6 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
         real = noisy(data.sample(batch))
         if tc.channels_last and real.dim() == 4:
             real = real.contiguous(memory_format=torch.channels_last)
-        real.requires_grad_(losses.penalty == "r1")
         # The last D step's fakes also serve the G step (as in seed 000 and pytorch/examples),
         # so only they keep G's graph.
         with torch.set_grad_enabled(d_step == tc.d_steps - 1), autocast():
@@ -235,10 +240,10 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
             fake_seen = noisy(fake.detach())  # the penalty interpolates towards these same fakes
             real_logits, fake_logits = D(real), D(fake_seen)
             d_loss = losses.discriminator(real_logits, fake_logits)
-            penalty = losses.gradient_penalty(D, real, real_logits, fake_seen, grad_scale)
+            penalty = losses.gradient_penalty(D, real, fake_seen, grad_scale)
         penalty_finite &= torch.isfinite(penalty)
         gan.opt_d.zero_grad(set_to_none=True)
-        scaler_d.scale(d_loss + losses.penalty_weight * penalty).backward()
+        scaler_d.scale(d_loss + penalty).backward()
         if measure:
             scaler_d.unscale_(gan.opt_d)
             stats["grad_norm/D"] = grad_norm(D)
@@ -307,14 +312,32 @@ class Session:
         return {"": self.gan.generator, **ema}
 
 
-def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | None,
-           config: dict, status: RunStatus, hparams: HParams | None) -> Session:
-    tc = cfg.trainer
-    progress = Progress(tc.progress)
+@dataclass
+class Parts:
+    """What a start builds before it is accepted: building it checks the input."""
+
+    progress: Progress
+    data: object
+    gan: GAN
+    losses: Losses
+
+
+def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> Parts:
+    """Seed, load the data, build G, D and the losses. Bad input (a missing file, a size the
+    model cannot take, BatchNorm over one example, a streamed set smaller than a batch, a weight
+    without a penalty) raises UserError here, before the start writes anything."""
+    progress = Progress(show_progress)
     seed_everything(cfg.seed)
     with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):
         data = build(cfg.data, device=device)
-    gan = build_gan(cfg, data, device)
+    check_batch_size(data, cfg.trainer.batch_size)
+    return Parts(progress, data, build_gan(cfg, data, device), make_losses(cfg))
+
+
+def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, saved: dict | None,
+           config: dict, status: RunStatus, hparams: HParams | None) -> Session:
+    tc = cfg.trainer
+    progress, data, gan = parts.progress, parts.data, parts.gan
     reference_points = None if data.is_image else data.sample(
         tc.num_samples * POINTS_PER_IMAGE, generator=torch.Generator(device).manual_seed(cfg.seed))
     fp16 = config["trainer"]["precision"] == "fp16"
@@ -328,11 +351,11 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, saved: dict | N
         log.info("Resumed %s at step %d.", run_dir, gan.step)
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)
     status.objective = evaluator.objective(cfg.eval.objective)
-    maybe_compile(gan, cfg, device)
+    maybe_compile(gan, parts.losses, cfg, device)
     # Events up to the checkpoint's step were written before it; later ones are redone now.
     writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved else None)
     session = Session(
-        cfg, run_dir, config, status, data, gan, make_losses(cfg), evaluator, scalers,
+        cfg, run_dir, config, status, data, gan, parts.losses, evaluator, scalers,
         _autocast_factory(device, str(config["trainer"]["precision"])), writer, reference_points,
         progress, noise_horizon=saved.get("noise_horizon") or _first_horizon(saved.get("config"), tc),
         last=saved.get("last", {}), last_step=saved.get("last_step", 0), metrics=saved.get("metrics", {}),
@@ -365,7 +388,7 @@ def log_scalars(s: Session, stats: dict, noise_std: float) -> None:
         s.last["instance_noise/std"] = noise_std
     s.last_step = s.gan.step
     for tag, value in s.last.items():
-        if tag != "loss/penalty" or s.losses.penalty != "none":
+        if tag != "loss/penalty" or s.losses.penalty is not None:
             s.writer.add_scalar(tag, value, s.gan.step)
 
 
@@ -451,15 +474,18 @@ def resolved(cfg: DictConfig) -> dict:
 
 
 def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
-          on_start: Callable[[], None] | None = None, start: Start | None = None) -> dict:
+          on_start: Callable[[], None] | None = None, start: Start | None = None,
+          show_progress: bool = True) -> dict:
     """Train as `cfg` says, writing into `run_dir`; returns what status.json says at the end
     (for a skipped run, what it already said).
 
     `start` is the caller's decision (`lifecycle.decide_start`), taken while it holds the
     folder (`lifecycle.claim`); without one, train claims the folder and decides itself
-    (resume=true continues what the folder holds). A refused start raises StartRefused with the
-    run dir untouched. After the start (and `on_start`, which the runner uses to record the
-    config), any error leaves status `failed` and is raised again."""
+    (resume=true continues what the folder holds). The start is accepted once the data, models
+    and losses are built; until then bad input, or a signal, raises StartRefused with the run
+    dir untouched. After the start (and `on_start`, which the runner uses to record the
+    config), any error leaves status `failed` and is raised again. `show_progress`: bars on a
+    terminal, if trainer.progress also allows them."""
     run_dir = Path(run_dir)
     config = resolved(cfg)
     if start is None:
@@ -467,22 +493,30 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
             start = decide_start(run_dir, config)
             if start.kind == "skip":
                 return start.status
-            return train(cfg, run_dir, hparams, on_start, start)
+            return train(cfg, run_dir, hparams, on_start, start, show_progress)
     device = resolve_device(cfg.trainer.device)
-    if on_start is not None:
-        on_start()
-    step = start.step
-    status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if start.kind == "resume" else None)
-    status.running(step)
-    session = None
+    step, status, session = start.step, None, None
     try:
         # From here on a signal stops the run: at once while it sets up, then at the next
         # step boundary with a checkpoint (gan_experiments.stop).
         with stop_requests(sweep_dir=run_dir.parent) as stop:  # a sweep's jobs are its children
-            session = set_up(cfg, run_dir, device, start.saved, config, status, hparams)
+            try:
+                parts = build_parts(cfg, device, show_progress and cfg.trainer.progress)
+            except UserError as error:
+                raise StartRefused(str(error)) from None
+            if on_start is not None:
+                on_start()
+            status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if start.kind == "resume" else None)
+            status.running(step)
+            session = set_up(cfg, run_dir, device, parts, start.saved, config, status, hparams)
             stop.setting_up = False
             return finish(session, run_loop(session, stop), stop.signal_name)
+    except StartRefused:
+        raise
     except StopNow as error:
+        if status is None:  # stopped while loading the data: the start was never accepted
+            raise StartRefused(f"Stopped by {error.signal_name or 'the sweep'} before the run "
+                               f"started.") from None
         if session is None:  # nothing trained in this leg, nothing to checkpoint
             log.warning("Stopped by %s; nothing to checkpoint.", error)
             return status.end("interrupted", step, (start.saved or {}).get("metrics", {}),
@@ -497,10 +531,11 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
         if session is not None:
             step = session.gan.step
             session.writer.close()
-        try:
-            status.failed(step, error)
-        except OSError:  # the disk that refused the results refuses the status too
-            pass
+        if status is not None:
+            try:
+                status.failed(step, error)
+            except OSError:  # the disk that refused the results refuses the status too
+                pass
         if isinstance(error, checkpoint.WriteFailed) or getattr(error, "errno", None) in DISK_FULL:
             raise UserError(write_failure(error, run_dir)) from error
         raise

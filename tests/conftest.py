@@ -35,6 +35,16 @@ def make_cfg(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
+def from_conf(option: str, **kwargs):
+    """One conf/ option built as a run builds it, e.g. from_conf("data=ring") or
+    from_conf("model=mlp", data_shape=(2,), is_image=False): its values come from the YAML, the
+    one place that holds them, and `kwargs` replace or add arguments."""
+    group = option.split("=", 1)[0]
+    from gan_experiments.train import build  # hydra's instantiate, passing our UserError through
+
+    return build(make_cfg(option)[group], **kwargs)
+
+
 def tiny_cfg(*overrides: str, model: str = "dcgan"):
     return make_cfg(*TINY, f"model={model}", *TINY_MODEL[model], *overrides)
 

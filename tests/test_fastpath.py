@@ -14,7 +14,7 @@ from gan_experiments.train import build, build_gan, train
 
 
 def test_in_memory_data_lives_on_the_device_as_uint8():
-    digits = data.digits(8, device="cpu")
+    digits = data.digits(image_size=8, device="cpu")
     assert digits.images.dtype == torch.uint8 and digits.images.device.type == "cpu"
     assert digits.sample(4).dtype == torch.float32
 
@@ -53,7 +53,7 @@ def test_compile_falls_back_to_eager_where_unsupported(tmp_path, caplog):
     assert any("torch.compile failed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("penalty", ["loss=wgan_gp", "loss.penalty=r1"])
+@pytest.mark.parametrize("penalty", ["loss=wgan_gp", "loss/penalty=r1"])
 def test_compile_with_a_gradient_penalty_falls_back_to_eager(tmp_path, caplog, penalty):
     """AOTAutograd cannot differentiate twice: the probe takes the penalty's double backward
     too, so the run falls back to eager with a warning instead of dying at step 1."""

@@ -10,7 +10,6 @@ import torch
 
 from conftest import TINY, TINY_MODEL, read_events, run_cli, tiny_cfg, tree_snapshot
 from gan_experiments import checkpoint
-from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import StartRefused
 from gan_experiments.train import build, build_gan, make_losses, maybe_compile, train, train_step
 
@@ -111,11 +110,10 @@ def test_a_crash_after_the_start_is_recorded_as_failed(tmp_path, monkeypatch):
     assert status["error"] == "RuntimeError: out of memory in the middle of a step"
 
 
-def test_a_bad_model_found_during_set_up_is_recorded_as_failed(tmp_path):
-    with pytest.raises(UserError, match="model.latent_dim=-1"):
-        train(tiny_cfg("model.latent_dim=-1"), tmp_path)
-    status = strict_json(tmp_path / "status.json")
-    assert status["status"] == "failed" and status["step"] == 0 and "latent_dim" in status["error"]
+def test_a_bad_model_is_a_refused_start(tmp_path):
+    with pytest.raises(StartRefused, match="model.latent_dim=-1"):
+        train(tiny_cfg("model.latent_dim=-1"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("precision", ["fp16", "fp32"])
@@ -190,7 +188,7 @@ def test_the_compile_probe_draws_nothing_from_the_runs_rng():
     data = build(cfg.data, device="cpu")
     gan = build_gan(cfg, data, torch.device("cpu"))
     before = torch.get_rng_state()
-    maybe_compile(gan, cfg, torch.device("cpu"))
+    maybe_compile(gan, make_losses(cfg), cfg, torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), before)
 
 

@@ -7,6 +7,9 @@ import torch
 
 from gan_experiments import losses
 
+PLAIN = {"real_target": 1.0, "fake_target": 0.0}  # conf/loss/bce.yaml's targets
+UNIT = {"pack": 1, "grad_scale": 1.0, "weight": 1.0}  # the bare penalty: one sample per pack, no fp16, weight 1
+
 
 def sigmoid(x):
     return 1 / (1 + math.exp(-x))
@@ -16,7 +19,7 @@ def test_bce_discriminator_is_the_negated_value_function():
     real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
     expected = -sum(math.log(sigmoid(r)) for r in [2.0, -1.0]) / 2 - sum(
         math.log(1 - sigmoid(f)) for f in [0.5, -3.0]) / 2
-    assert losses.bce_discriminator(real, fake).item() == pytest.approx(expected, rel=1e-6)
+    assert losses.bce_discriminator(real, fake, **PLAIN).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_label_smoothing_targets():
@@ -56,7 +59,7 @@ def test_saturating_gradient_vanishes_where_non_saturating_does_not():
 
 def test_losses_stay_finite_for_extreme_logits():
     extreme = torch.tensor([-1e4, 1e4])
-    for value in (losses.bce_discriminator(extreme, extreme), losses.minimax_generator(extreme),
+    for value in (losses.bce_discriminator(extreme, extreme, **PLAIN), losses.minimax_generator(extreme),
                   losses.nonsaturating_generator(extreme)):
         assert torch.isfinite(value)
 
@@ -77,7 +80,9 @@ def test_wgan_gradient_penalty_on_a_linear_critic():
     w = torch.tensor([3.0, 4.0])
     critic = lambda x: x @ w  # noqa: E731
     real, fake = torch.randn(16, 2), torch.randn(16, 2)
-    assert losses.wgan_gradient_penalty(critic, real, fake).item() == pytest.approx(16.0)
+    assert losses.wgan_gradient_penalty(critic, real, fake, **UNIT).item() == pytest.approx(16.0)
+    # the weight is lambda of Gulrajani et al.'s eq. 3
+    assert losses.wgan_gradient_penalty(critic, real, fake, **(UNIT | {"weight": 10.0})).item() == pytest.approx(160.0)
 
 
 def test_wgan_gradient_penalty_mixes_per_example_not_per_pixel():
@@ -89,17 +94,21 @@ def test_wgan_gradient_penalty_mixes_per_example_not_per_pixel():
     fake = torch.zeros_like(real)
     seen = []
     critic = lambda x: seen.append(x.detach()) or 0.5 * x.pow(2).flatten(1).sum(1)  # noqa: E731
-    penalty = losses.wgan_gradient_penalty(critic, real, fake)
+    penalty = losses.wgan_gradient_penalty(critic, real, fake, **UNIT)
     alpha = seen[0][:, 0, 0, 0] / 2
     assert (seen[0][:, :, 1:, :] == 0).all()
     assert penalty.item() == pytest.approx(((2 * alpha - 1) ** 2).mean().item(), rel=1e-5)
 
 
 def test_r1_penalty_on_a_quadratic_critic():
-    # D(x) = |x|^2 has gradient 2x, so R1 = 0.5 * E |2x|^2 = 2 E |x|^2.
-    real = torch.randn(32, 3).requires_grad_(True)
-    logits = real.pow(2).sum(1)
-    assert losses.r1_penalty(logits, real).item() == pytest.approx(2 * real.pow(2).sum(1).mean().item(), rel=1e-5)
+    # D(x) = |x|^2 has gradient 2x, so R1 = (gamma / 2) E |2x|^2 = 2 gamma E |x|^2.
+    real = torch.randn(32, 3)
+    critic = lambda x: x.pow(2).sum(1)  # noqa: E731
+    expected = 2 * real.pow(2).sum(1).mean().item()
+    assert losses.r1_penalty(critic, real, None, **UNIT).item() == pytest.approx(expected, rel=1e-5)
+    assert losses.r1_penalty(critic, real, None, **(UNIT | {"weight": 0.1})).item() == pytest.approx(
+        0.1 * expected, rel=1e-5)
+    assert not real.requires_grad  # the batch D's loss sees is left as it was
 
 
 class PackedLinearCritic(torch.nn.Module):
@@ -120,9 +129,9 @@ class PackedLinearCritic(torch.nn.Module):
 def test_penalties_are_taken_per_pack(pack):
     critic = PackedLinearCritic(sample_dim=3, pack=pack)
     real, fake = torch.randn(8, 3), torch.randn(8, 3)
-    assert losses.wgan_gradient_penalty(critic, real, fake, pack=pack).item() == pytest.approx(0.0, abs=1e-10)
-    real.requires_grad_(True)
-    assert losses.r1_penalty(critic(real), real, pack=pack).item() == pytest.approx(0.5)
+    per_pack = UNIT | {"pack": pack}
+    assert losses.wgan_gradient_penalty(critic, real, fake, **per_pack).item() == pytest.approx(0.0, abs=1e-10)
+    assert losses.r1_penalty(critic, real, fake, **per_pack).item() == pytest.approx(0.5)
 
 
 def test_penalties_take_scaled_gradients_and_unscale_them():
@@ -132,11 +141,9 @@ def test_penalties_take_scaled_gradients_and_unscale_them():
     real, fake = torch.randn(8, 3), torch.randn(8, 3)
     scale = torch.tensor(2.0**16)
     torch.manual_seed(1)
-    plain = losses.wgan_gradient_penalty(critic, real, fake)
+    plain = losses.wgan_gradient_penalty(critic, real, fake, **UNIT)
     torch.manual_seed(1)
-    scaled = losses.wgan_gradient_penalty(critic, real, fake, grad_scale=scale)
+    scaled = losses.wgan_gradient_penalty(critic, real, fake, **(UNIT | {"grad_scale": scale}))
     assert scaled.item() == pytest.approx(plain.item(), rel=1e-5)
-    real.requires_grad_(True)
-    logits = critic(real).view(-1)
-    assert losses.r1_penalty(logits, real, grad_scale=scale).item() == pytest.approx(
-        losses.r1_penalty(logits, real).item(), rel=1e-5)
+    assert losses.r1_penalty(critic, real, fake, **(UNIT | {"grad_scale": scale})).item() == pytest.approx(
+        losses.r1_penalty(critic, real, fake, **UNIT).item(), rel=1e-5)

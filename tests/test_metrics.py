@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import read_events, tiny_cfg
+from conftest import from_conf, read_events, tiny_cfg
 from gan_experiments import data, sample
 from gan_experiments.metrics import classifier
 from gan_experiments.metrics.evaluator import Evaluator
@@ -21,7 +21,7 @@ from gan_experiments.train import train
 
 def test_real_ring_samples_cover_every_mode():
     torch.manual_seed(0)
-    ring = data.ring()
+    ring = from_conf("data=ring")
     result = mode_metrics(ring.sample(2500), ring.centers, ring.std)
     assert result["modes"] == 8
     # The mass of a 2D Gaussian within 3 sigma is 1 - exp(-4.5) = 0.98889.
@@ -30,14 +30,14 @@ def test_real_ring_samples_cover_every_mode():
 
 
 def test_collapsed_samples_cover_one_mode():
-    ring = data.ring()
+    ring = from_conf("data=ring")
     collapsed = ring.centers[3].expand(2500, 2) + 0.001 * torch.randn(2500, 2)
     result = mode_metrics(collapsed, ring.centers, ring.std)
     assert result == {"modes": 1, "hq": 1.0, "reverse_kl": pytest.approx(math.log(8))}
 
 
 def test_uniform_noise_is_low_quality():
-    grid = data.grid()
+    grid = from_conf("data=grid")
     noise = torch.rand(2500, 2) * 10 - 5
     result = mode_metrics(noise, grid.centers, grid.std)
     assert result["hq"] < 0.05
@@ -55,7 +55,7 @@ def test_frechet_distance_of_known_gaussians():
 @pytest.fixture(scope="module")
 def digits_classifier(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    digits = data.digits()
+    digits = from_conf("data=digits")
     model, accuracy = classifier.load_or_train(digits, cache, steps=600)
     return digits, model, accuracy, cache
 
@@ -85,7 +85,7 @@ def test_classifier_fid_orders_real_noise(digits_classifier):
 def test_inception_is_skipped_with_one_message_when_weights_are_missing(tmp_path, caplog):
     cfg = tiny_cfg(f"eval.cache_dir={tmp_path}", f"eval.inception_weights={tmp_path}/absent.pth",
                    "eval.classifier_steps=50")
-    evaluator = Evaluator(cfg.eval, data.digits(8), 8, torch.device("cpu"), 0)
+    evaluator = Evaluator(cfg.eval, data.digits(image_size=8), 8, torch.device("cpu"), 0)
     skipped = [r for r in caplog.records if "Inception FID/KID skipped" in r.getMessage()]
     assert len(skipped) == 1 and "absent.pth" in skipped[0].getMessage()
     assert "fid_inception" not in evaluator.names and "fid_classifier" in evaluator.names
@@ -150,7 +150,7 @@ def test_sample_export_round_trips(tmp_path):
 def test_the_default_datas_classifier_ships_and_is_hash_checked(tmp_path, caplog, monkeypatch):
     """mnist_5k's classifier comes from the package (no minute of training, nothing cached);
     a damaged copy is not used."""
-    digits5k = data.mnist_5k(cache_dir=str(tmp_path / "data-cache"))
+    digits5k = from_conf("data=mnist_5k", cache_dir=str(tmp_path / "data-cache"))
     model, accuracy = classifier.load_or_train(digits5k, tmp_path / "cache", steps=1000)
     assert accuracy == pytest.approx(0.976, abs=1e-3)
     assert not (tmp_path / "cache").exists()  # read from the package, so nothing was trained

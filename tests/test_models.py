@@ -2,15 +2,26 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from conftest import from_conf, make_cfg
 from gan_experiments.errors import UserError
 from gan_experiments.models import dcgan, mlp
+
+
+def dcgan_build(data_shape, is_image=True, **kwargs):
+    """model=dcgan as conf/model/dcgan.yaml sets it, with `kwargs` changed."""
+    return from_conf("model=dcgan", data_shape=data_shape, is_image=is_image, **kwargs)
+
+
+def mlp_build(data_shape, is_image=True, **kwargs):
+    return from_conf("model=mlp", data_shape=data_shape, is_image=is_image, **kwargs)
 
 
 @pytest.mark.parametrize("size", [8, 14, 16, 28, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_dcgan_adapts_to_image_size_and_channels(size, channels):
-    G, D = dcgan.build((channels, size, size), latent_dim=8, g_width=4, d_width=4)
+    G, D = dcgan_build((channels, size, size), latent_dim=8, g_width=4, d_width=4)
     fake = G(torch.randn(2, 8))
     assert fake.shape == (2, channels, size, size)
     assert fake.abs().max() <= 1  # tanh output matches data scaled to [-1, 1]
@@ -20,27 +31,27 @@ def test_dcgan_adapts_to_image_size_and_channels(size, channels):
 @pytest.mark.parametrize("size", [10, 20, 30, 4, 7])
 def test_dcgan_rejects_unsupported_size_with_the_fix(size):
     with pytest.raises(UserError, match="data.image_size") as error:
-        dcgan.build((1, size, size))
+        dcgan_build((1, size, size))
     assert "8, 14, 16, 28, 32" in str(error.value)
 
 
 def test_dcgan_rejects_point_data():
     with pytest.raises(UserError, match="model=mlp"):
-        dcgan.build((2,), is_image=False)
+        dcgan_build((2,), is_image=False)
 
 
 def test_dcgan_init_is_normal_0_002():
-    G, D = dcgan.build((1, 64, 64), g_width=64, d_width=64)
+    G, D = dcgan_build((1, 64, 64), g_width=64, d_width=64)
     weights = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
     assert weights.mean().abs() < 1e-3
     assert weights.std().item() == pytest.approx(0.02, rel=0.05)
 
 
 def test_mlp_handles_images_and_points():
-    G, D = mlp.build((1, 28, 28), is_image=True, latent_dim=16)
+    G, D = mlp_build((1, 28, 28), is_image=True, latent_dim=16)
     assert G(torch.randn(3, 16)).shape == (3, 1, 28, 28)
     assert D(torch.randn(3, 1, 28, 28)).shape == (3,)
-    G, D = mlp.build((2,), is_image=False, latent_dim=4)
+    G, D = mlp_build((2,), is_image=False, latent_dim=4)
     points = G(torch.randn(5, 4))
     assert points.shape == (5, 2)
     assert D(points).shape == (5,)
@@ -48,7 +59,7 @@ def test_mlp_handles_images_and_points():
     assert isinstance(G.net[-1], torch.nn.Identity)
 
 
-@pytest.mark.parametrize("build,shape", [(mlp.build, (1, 8, 8)), (dcgan.build, (1, 8, 8))])
+@pytest.mark.parametrize("build,shape", [(mlp_build, (1, 8, 8)), (dcgan_build, (1, 8, 8))])
 def test_spectral_norm_bounds_the_largest_singular_value(build, shape):
     G, D = build(shape, spectral_norm=True)
     D.train()
@@ -62,7 +73,7 @@ def test_spectral_norm_bounds_the_largest_singular_value(build, shape):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
 
 
-@pytest.mark.parametrize("build,shape", [(mlp.build, (2,)), (mlp.build, (1, 8, 8)), (dcgan.build, (3, 8, 8))])
+@pytest.mark.parametrize("build,shape", [(mlp_build, (2,)), (mlp_build, (1, 8, 8)), (dcgan_build, (3, 8, 8))])
 def test_packed_discriminator_sees_pack_samples_at_once(build, shape):
     _, D = build(shape, is_image=len(shape) == 3, pack=4)
     first = next(m for m in D.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
@@ -99,7 +110,7 @@ def _layer_types(net):
 
 def test_mlp_defaults_are_seed_000s_mlp_to_the_weight():
     torch.manual_seed(0)
-    G, D = mlp.build((1, 8, 8))
+    G, D = mlp_build((1, 8, 8))
     torch.manual_seed(0)
     old_g, old_d = _seed000_mlp(100, [256, 512], [512, 256], 64)
     for new, old in ((G.net, old_g), (D.net, old_d)):
@@ -113,13 +124,13 @@ def test_mlp_defaults_are_seed_000s_mlp_to_the_weight():
 @pytest.mark.parametrize("name,module", [("relu", torch.nn.ReLU), ("leaky_relu", torch.nn.LeakyReLU),
                                          ("tanh", torch.nn.Tanh), ("elu", torch.nn.ELU)])
 def test_generator_activation_option(name, module):
-    G, _ = mlp.build((2,), is_image=False, latent_dim=2, g_hidden=[8, 8], g_activation=name)
+    G, _ = mlp_build((2,), is_image=False, latent_dim=2, g_hidden=[8, 8], g_activation=name)
     assert _layer_types(G.net) == [torch.nn.Linear, module, torch.nn.Linear, module, torch.nn.Linear,
                                    torch.nn.Identity]
 
 
 def test_generator_batch_norm_follows_a_bias_free_linear():
-    G, _ = mlp.build((2,), is_image=False, latent_dim=2, g_hidden=[8, 8], g_norm="batch", g_activation="relu")
+    G, _ = mlp_build((2,), is_image=False, latent_dim=2, g_hidden=[8, 8], g_norm="batch", g_activation="relu")
     block = [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU]
     assert _layer_types(G.net) == block + block + [torch.nn.Linear, torch.nn.Identity]
     hidden = [m for m in G.net[:-2] if isinstance(m, torch.nn.Linear)]
@@ -141,7 +152,7 @@ def test_maxout_is_a_max_over_pieces():
 
 
 def test_maxout_discriminator_layers_and_pack():
-    _, D = mlp.build((2,), is_image=False, d_hidden=[200, 200, 200], d_activation="maxout",
+    _, D = mlp_build((2,), is_image=False, d_hidden=[200, 200, 200], d_activation="maxout",
                      d_maxout_pieces=5, pack=2)
     assert _layer_types(D.net) == [mlp.Maxout] * 3 + [torch.nn.Linear]
     assert D.net[0].linear.in_features == 4 and D.net[0].linear.out_features == 1000
@@ -152,15 +163,15 @@ def test_maxout_discriminator_layers_and_pack():
 @pytest.mark.parametrize("activation,block", [("leaky_relu", [torch.nn.Linear, torch.nn.LeakyReLU]),
                                               ("maxout", [mlp.Maxout])])
 def test_discriminator_dropout_follows_each_hidden_activation(activation, block):
-    _, D = mlp.build((2,), is_image=False, d_hidden=[8, 8], d_activation=activation, d_dropout=0.5)
+    _, D = mlp_build((2,), is_image=False, d_hidden=[8, 8], d_activation=activation, d_dropout=0.5)
     assert _layer_types(D.net) == (block + [torch.nn.Dropout]) * 2 + [torch.nn.Linear]
     assert all(m.p == 0.5 for m in D.net if isinstance(m, torch.nn.Dropout))
-    _, D = mlp.build((2,), is_image=False, d_hidden=[8, 8], d_activation=activation)
+    _, D = mlp_build((2,), is_image=False, d_hidden=[8, 8], d_activation=activation)
     assert not any(isinstance(m, torch.nn.Dropout) for m in D.modules())
 
 
 def test_init_std_gives_normal_weights_and_zero_biases():
-    G, D = mlp.build((2,), is_image=False, latent_dim=2, g_hidden=[1000, 1000], d_hidden=[200],
+    G, D = mlp_build((2,), is_image=False, latent_dim=2, g_hidden=[1000, 1000], d_hidden=[200],
                      g_norm="batch", d_activation="maxout", init_std=0.02)
     big = G.net[3]  # Linear(1000, 1000): a million draws
     assert big.weight.std().item() == pytest.approx(0.02, rel=0.01)
@@ -175,7 +186,7 @@ def test_init_std_gives_normal_weights_and_zero_biases():
 
 
 def test_spectral_norm_reaches_the_maxout_layers():
-    _, D = mlp.build((2,), is_image=False, d_hidden=[16], d_activation="maxout", spectral_norm=True)
+    _, D = mlp_build((2,), is_image=False, d_hidden=[16], d_activation="maxout", spectral_norm=True)
     assert all(torch.nn.utils.parametrize.is_parametrized(m, "weight")
                for m in D.modules() if isinstance(m, torch.nn.Linear))
     assert D(torch.randn(4, 2)).shape == (4,)
@@ -183,20 +194,23 @@ def test_spectral_norm_reaches_the_maxout_layers():
 
 def test_mlp_rejects_impossible_maxout_or_dropout():
     with pytest.raises(UserError, match="model.d_dropout"):
-        mlp.build((2,), is_image=False, d_dropout=1.0)
+        mlp_build((2,), is_image=False, d_dropout=1.0)
     with pytest.raises(UserError, match="model.d_maxout_pieces"):
-        mlp.build((2,), is_image=False, d_activation="maxout", d_maxout_pieces=0)
+        mlp_build((2,), is_image=False, d_activation="maxout", d_maxout_pieces=0)
 
 
 @pytest.mark.parametrize("module, sizes, named", [
     (mlp, {"data_shape": (2,), "is_image": False, "latent_dim": -1}, "model.latent_dim=-1"),
     (mlp, {"data_shape": (2,), "is_image": False, "g_hidden": [16, 0]}, "model.g_hidden=[16, 0]"),
     (mlp, {"data_shape": (2,), "is_image": False, "d_hidden": [2.5]}, "model.d_hidden=[2.5]"),
-    (dcgan, {"data_shape": (1, 28, 28), "d_width": 0}, "model.d_width=0"),
+    (dcgan, {"data_shape": (1, 28, 28), "is_image": True, "d_width": 0}, "model.d_width=0"),
 ])
 def test_non_positive_layer_sizes_are_named_before_torch_sees_them(module, sizes, named):
+    """Called from Python, past the schema's types: the builder names the bad size itself."""
+    option = OmegaConf.to_container(make_cfg(f"model={module.__name__.rsplit('.', 1)[1]}").model, enum_to_str=True)
+    option.pop("_target_")
     with pytest.raises(UserError, match="must be positive integers") as error:
-        module.build(**sizes)
+        module.build(**option | sizes)
     assert str(error.value).startswith(named + ":")
 
 
@@ -211,14 +225,15 @@ def test_batch_norm_with_one_example_per_batch_is_one_paragraph(tmp_path, overri
     from gan_experiments.train import train
 
     with pytest.raises(UserError, match=rf"trainer.batch_size=\d: {key} would normalise 1 example"):
-        train(tiny_cfg(*overrides, model="mlp"), tmp_path)
+        train(tiny_cfg(*overrides, model="mlp"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the start: nothing written
 
 
 def test_dcgan_d_batch_norm_sees_packed_examples():
     from gan_experiments.errors import UserError
-    from gan_experiments.models import check_batch_norm, dcgan
+    from gan_experiments.models import check_batch_norm
 
-    g, d = dcgan.build((1, 16, 16), latent_dim=4, g_width=4, d_width=4, pack=2)  # D has a BatchNorm
+    g, d = dcgan_build((1, 16, 16), latent_dim=4, g_width=4, d_width=4, pack=2)  # D has a BatchNorm
     check_batch_norm(g, d, batch=4, pack=2)  # 2 packed examples: fine
     with pytest.raises(UserError, match=r"D's BatchNorm would normalise 1 example \(trainer.batch_size / model.pack = 2 / 2\)"):
         check_batch_norm(g, d, batch=2, pack=2)

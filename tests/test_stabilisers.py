@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import read_events, tiny_cfg
+from gan_experiments.errors import UserError
 from gan_experiments.train import (
     build,
     build_gan,
@@ -19,15 +20,15 @@ from gan_experiments.train import (
 
 STABILISERS = {
     "instance_noise": ["trainer.instance_noise=0.5"],
-    "wgan_gp": ["loss.penalty=wgan_gp"],
-    "r1": ["loss.penalty=r1", "loss.penalty_weight=1.0"],
+    "wgan_gp": ["loss/penalty=wgan_gp"],
+    "r1": ["loss/penalty=r1", "loss.penalty.weight=1.0"],
     "spectral_norm": ["model.spectral_norm=true"],
     "ema": ["trainer.ema_decay=0.9"],
     "pack": ["model.pack=2"],
     "linear_lr": ["schedule=linear"],
     "cosine_lr": ["schedule=cosine"],
     "d_steps": ["trainer.d_steps=3"],
-    "all_at_once": ["trainer.instance_noise=0.5", "loss.penalty=r1", "model.spectral_norm=true",
+    "all_at_once": ["trainer.instance_noise=0.5", "loss/penalty=r1", "model.spectral_norm=true",
                     "trainer.ema_decay=0.9", "model.pack=2", "schedule=cosine", "trainer.d_steps=2"],
 }
 
@@ -93,14 +94,26 @@ def test_ema_samples_are_logged_and_checkpointed(tmp_path):
     assert state["ema"] is not None and "n_averaged" in state["ema"]
 
 
-def test_penalty_is_computed_on_discriminator_steps_only():
-    cfg, data, gan, losses = setup("loss=wgan_gp", "trainer.d_steps=3")
+@pytest.mark.parametrize("penalty", ["wgan_gp", "r1"])
+def test_penalty_is_computed_on_discriminator_steps_only(penalty):
+    cfg, data, gan, losses = setup(f"loss/penalty={penalty}", "trainer.d_steps=3")
     calls = []
     gan.discriminator.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     stats = step(cfg, data, gan, losses)
-    # Each D step calls D on real, fake and the interpolates; the G step calls it once.
+    # Each D step calls D on real, fake and the penalty's own batch (interpolates for WGAN-GP,
+    # the real batch again for R1); the G step calls it once.
     assert len(calls) == 3 * 3 + 1
     assert stats["loss/penalty"] > 0
+
+
+def test_no_penalty_unless_one_is_chosen():
+    assert make_losses(tiny_cfg("loss=wgan_gp", "loss/penalty=none")).penalty is None
+    assert make_losses(tiny_cfg("loss=nonsat")).penalty is None
+    assert make_losses(tiny_cfg("loss=wgan_gp", "loss.penalty.weight=0")).penalty is None  # not computed
+    with pytest.raises(UserError, match=r"loss.penalty.weight=1.0, but no gradient penalty is chosen .* loss/penalty=r1"):
+        make_losses(tiny_cfg("loss=nonsat", "loss.penalty.weight=1"))
+    cfg, data, gan, losses = setup("loss=nonsat")
+    assert step(cfg, data, gan, losses)["loss/penalty"] == 0
 
 
 @pytest.mark.parametrize("schedule,expected", [

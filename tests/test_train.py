@@ -10,6 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import read_events, tiny_cfg
 from gan_experiments.errors import UserError
+from gan_experiments.lifecycle import StartRefused
 from gan_experiments.summaries import HParams
 from gan_experiments.train import SCALARS, train
 
@@ -199,8 +200,9 @@ def test_a_job_of_a_stopped_sweep_stops_as_soon_as_it_takes_the_signals(tmp_path
     with pytest.raises(StopNow, match="a stop of its sweep"):
         with stop_requests(sweep_dir=tmp_path):
             pass
-    summary = train(tiny_cfg(), tmp_path / "job")
-    assert summary["status"] == "interrupted" and summary["step"] == 0
+    with pytest.raises(StartRefused, match="Stopped by the sweep before the run started"):
+        train(tiny_cfg(), tmp_path / "job")
+    assert not (tmp_path / "job").exists()  # never started: a rerun starts it afresh
 
 
 def test_sigusr2_before_a_time_limit_checkpoints_and_is_recorded(tmp_path):
@@ -213,3 +215,4 @@ def test_sigusr2_before_a_time_limit_checkpoints_and_is_recorded(tmp_path):
     assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGUSR2"
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["gan"]
     assert saved["step"] == summary["step"] == 5  # stopped after the step the signal came in
+

@@ -167,11 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gan_experiments.metrics.classifier",
                                      description=main.__doc__)
     parser.add_argument("data", nargs="?", default="mnist_5k", help="a conf/data option (mnist_5k)")
-    parser.add_argument("--steps", type=int, default=1000, help="as eval.classifier_steps (1000)")
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    steps = OmegaConf.load(conf / "eval" / "default.yaml").classifier_steps  # as a run trains it
+    parser.add_argument("--steps", type=int, default=steps, help=f"eval.classifier_steps ({steps})")
     parser.add_argument("--out", type=Path, default=SHIPPED_DIR)
     args = parser.parse_args(argv)
-    conf = Path(__file__).resolve().parents[2] / "conf" / "data" / f"{args.data}.yaml"
-    node = OmegaConf.load(conf)
+    node = OmegaConf.load(conf / "data" / f"{args.data}.yaml")
     node.pop("defaults", None)
     data = instantiate(node)
     model, accuracy = train_classifier(data.images, data.labels, args.steps, progress=Progress(True))

@@ -79,8 +79,7 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build(data_shape, is_image=True, latent_dim=100, g_width=64, d_width=64, d_norm="batch",
-          spectral_norm=False, pack=1):
+def build(data_shape, is_image, *, latent_dim, g_width, d_width, d_norm, spectral_norm, pack):
     if not is_image or len(data_shape) != 3 or data_shape[1] != data_shape[2]:
         raise UserError(
             f"model=dcgan needs square images, but the data has shape {tuple(data_shape)}. "

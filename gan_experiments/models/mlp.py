@@ -96,9 +96,8 @@ def normal_init(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def build(data_shape, is_image=True, latent_dim=100, g_hidden=(256, 512), d_hidden=(512, 256),
-          g_activation="leaky_relu", g_norm="none", d_activation="leaky_relu", d_maxout_pieces=5,
-          d_dropout=0.0, init_std=None, spectral_norm=False, pack=1):
+def build(data_shape, is_image, *, latent_dim, g_hidden, d_hidden, g_activation, g_norm, d_activation,
+          d_maxout_pieces, d_dropout, init_std, spectral_norm, pack):
     if not 0 <= d_dropout < 1:
         raise UserError(f"model.d_dropout must be in [0, 1); got {d_dropout}.")
     check_sizes(latent_dim=latent_dim, g_hidden=list(g_hidden), d_hidden=list(d_hidden),
