@@ -8,14 +8,9 @@ for a step or an evaluation that takes too long to wait for."""
 
 import os
 import signal
-import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-
-from filelock import FileLock, Timeout
-
-from gan_experiments.lifecycle import RunPaths, read_status
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
@@ -25,52 +20,40 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 STOPPED = threading.Event()
 
 
-def _held(lock: Path) -> bool:
-    """Whether a process holds a run folder's lock: a `running` status left by a killed job
-    names a pid that may belong to another program by now."""
-    probe = FileLock(lock, timeout=0)
-    try:
-        probe.acquire()
-    except Timeout:
-        return True
-    probe.release()
-    return False
-
-
-MARKER = ".stopped"  # in a sweep dir: a signal stopped that sweep
+MARKER = ".stopped"  # in a sweep dir: a signal stopped that sweep; one line per signal
 
 
 def sweep_stopped(sweep_dir: Path | None = None) -> bool:
     """Whether a signal stopped this sweep: in this process, or, for jobs in other processes
-    (Ray's workers), through the marker that `forward_stops` leaves in the sweep dir."""
+    (Ray's workers, on this host or another), through the marker that `forward_stops` leaves
+    in the sweep dir."""
     return STOPPED.is_set() or (sweep_dir is not None and (Path(sweep_dir) / MARKER).exists())
 
 
+def _mark_stop(sweep_dir: Path, signal_name: str) -> None:
+    with open(Path(sweep_dir) / MARKER, "a") as marker:
+        marker.write(signal_name + "\n")
+
 
 def forward_stops(sweep_dir: Path) -> None:
-    """For a sweep whose jobs run in other processes (the Ray launcher): the signals of this
-    driver are blocked, so that the Ray processes it starts inherit the block and a Ctrl-C in
-    the terminal does not kill them and their jobs mid-step. A thread takes each signal and
-    passes SIGTERM on to every job of the sweep still running on this host, which checkpoints
-    and ends `interrupted` (a second signal stops them at once); jobs not started yet see the
-    marker and do not start. Call from the main thread before the launcher starts Ray."""
+    """For a sweep whose jobs run in other processes (the Ray launcher, locally or on a
+    cluster): the signals of this driver are blocked, so that the Ray processes it starts
+    inherit the block and a Ctrl-C in the terminal does not kill them and their jobs mid-step.
+    A thread takes each signal and adds a line to the sweep dir's marker. Every running job
+    watches the marker (`stop_requests`) and takes each new line as a signal of its own: the
+    first checkpoints and ends it `interrupted`, a second stops it at once. Jobs not started yet
+    see the marker and do not start. This reaches every host that shares the sweep dir, as a
+    Ray cluster's nodes must (README, Sweeps). Call from the main thread before the launcher
+    starts Ray."""
     if threading.current_thread() is not threading.main_thread():
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
     def forward():
         while True:
-            signal.sigwait(SIGNALS)
+            signum = signal.sigwait(SIGNALS)
             STOPPED.set()
-            (Path(sweep_dir) / MARKER).touch()
-            for run in (RunPaths(d) for d in Path(sweep_dir).iterdir() if d.is_dir()):
-                status = read_status(run.root)  # {} for a job that has no status yet
-                if (status.get("status") == "running" and status.get("pid")
-                        and status.get("host") == socket.gethostname() and _held(run.lock)):
-                    try:
-                        os.kill(status["pid"], signal.SIGTERM)
-                    except OSError:  # the job ended in between
-                        continue
+            _mark_stop(sweep_dir, signal.Signals(signum).name)
 
     threading.Thread(target=forward, name="forward-stops", daemon=True).start()
 
@@ -86,7 +69,7 @@ def stop_between_jobs(sweep_dir: Path) -> None:
     leaves the marker that the next run of it sees as soon as it takes the signals."""
     def stop_sweep(signum, frame):
         STOPPED.set()
-        (Path(sweep_dir) / MARKER).touch()
+        _mark_stop(sweep_dir, signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():
         for sig in SIGNALS:
@@ -134,11 +117,30 @@ def stop_requests(sweep_dir: Path | None = None):
         signal.signal(sig, request.handle)
     # A Ray worker inherits its driver's blocked signals (forward_stops): a run takes them.
     blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    done = threading.Event()
     try:
         if sweep_dir is not None and (Path(sweep_dir) / MARKER).exists():
             raise StopNow("a stop of its sweep")
+        if sweep_dir is not None:
+            threading.Thread(target=_watch, args=(Path(sweep_dir) / MARKER, done),
+                             name="watch-sweep-stop", daemon=True).start()
         yield request
     finally:
+        done.set()
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _watch(marker: Path, done: threading.Event, every_s: float = 0.5) -> None:
+    """Each line added to the sweep's marker is a SIGTERM to this process, which the run's
+    handler takes as any other signal: the sweep's driver may be on another host."""
+    seen = 0
+    while not done.wait(every_s):
+        try:
+            lines = marker.read_text().count("\n")
+        except OSError:  # no stop yet
+            continue
+        for _ in range(lines - seen):
+            os.kill(os.getpid(), signal.SIGTERM)
+        seen = lines

@@ -34,7 +34,7 @@ from gan_experiments.lifecycle import (
 )
 from gan_experiments.losses import no_penalty
 from gan_experiments.metrics.evaluator import Evaluator
-from gan_experiments.models import check_batch_norm
+from gan_experiments.models import check_batch_norm, check_pack
 from gan_experiments.progress import Progress
 from gan_experiments.stop import StopNow, stop_requests
 from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
@@ -152,6 +152,7 @@ def seed_everything(seed: int) -> None:
 
 def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
     generator, discriminator = build(cfg.model, data_shape=data.shape, is_image=data.is_image)
+    check_pack(cfg.trainer.batch_size, cfg.model.pack)
     check_batch_norm(generator, discriminator, cfg.trainer.batch_size, cfg.model.pack)
     generator, discriminator = generator.to(device), discriminator.to(device)
     if cfg.trainer.channels_last and data.is_image:
@@ -324,8 +325,9 @@ class Parts:
 
 def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> Parts:
     """Seed, load the data, build G, D and the losses. Bad input (a missing file, a size the
-    model cannot take, BatchNorm over one example, a streamed set smaller than a batch, a weight
-    without a penalty) raises UserError here, before the start writes anything."""
+    model cannot take, a pack that does not divide the batch, BatchNorm over one example, a
+    streamed set smaller than a batch, a weight without a penalty) raises UserError here,
+    before the start writes anything."""
     progress = Progress(show_progress)
     seed_everything(cfg.seed)
     with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):

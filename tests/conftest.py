@@ -96,6 +96,30 @@ class NanAfter:
         return loss * float("nan") if self.calls < 0 else loss
 
 
+class RaiseAfter:
+    """A non-saturating generator loss that raises at its `calls`-th call: a crash in the middle
+    of a run, after its start was accepted."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def __call__(self, fake_logits):
+        import torch.nn.functional as F
+
+        self.calls -= 1
+        if self.calls == 0:
+            raise RuntimeError("a crash in the middle of a step")
+        return F.softplus(-fake_logits).mean()
+
+
+def write_loss_option(config_dir: Path, name: str, generator: str) -> None:
+    """A user's loss option in `config_dir`: the non-saturating loss whose generator side is
+    `generator`, a class in conftest (jobs in other processes need tests/ on PYTHONPATH)."""
+    option = config_dir / "loss" / f"{name}.yaml"
+    option.parent.mkdir(parents=True, exist_ok=True)
+    option.write_text(f"defaults: [nonsat]\ngenerator: {{_target_: conftest.{generator}, _partial_: false, calls: 2}}\n")
+
+
 class SignalAfter:
     """A non-saturating generator loss that sends this process `signal` at its `calls`-th call:
     a scheduler's signal at a known step."""

@@ -19,7 +19,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import CONF, TINY, TINY_MODEL, read_events
+from conftest import CONF, TINY, TINY_MODEL, read_events, write_loss_option
 from gan_experiments.sweep import gpus_per_job, job_dirname
 
 
@@ -61,24 +61,26 @@ LONGER = ["trainer.steps=300", "trainer.sample_every=100", "trainer.checkpoint_e
 @pytest.mark.slow
 def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    args = ["model.latent_dim=8,-1", f"hydra.sweep.dir={sweep_dir}"]
+    write_loss_option(tmp_path / "my_conf", "crash", "RaiseAfter")  # fails at its second step
+    args = ["loss=nonsat,crash", f"hydra.sweep.dir={sweep_dir}"]
     # A `ray start` whose head has died leaves its address record behind; a local sweep must
     # start its own Ray rather than try to join that dead cluster.
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_free_port()}")
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_tmp)}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_tmp),
+           "PYTHONPATH": str(Path(__file__).parent)}
     try:
         result = sweep(*args, cwd=tmp_path, preset=LONGER, env=env)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     # Folders are named by what varies; the constant preset stays in multirun.yaml.
-    good, bad = sweep_dir / "model.latent_dim=8", sweep_dir / "model.latent_dim=-1"
+    good, bad = sweep_dir / "loss=nonsat", sweep_dir / "loss=crash"
     table = status_table(sweep_dir)
     assert {k.split()[-1]: row["status"] for k, row in table.items()} == {
-        "model.latent_dim=8": "ok", "model.latent_dim=-1": "failed"}
-    assert table[next(k for k in table if k.endswith("=8"))]["run_dir"] == str(good)
+        "loss=nonsat": "ok", "loss=crash": "failed"}
+    assert table[next(k for k in table if k.endswith("=nonsat"))]["run_dir"] == str(good)
     assert "ok" in result.stdout and "failed" in result.stdout  # the printed table
     # (That jobs run at once is checked by test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu:
     # the failing job here ends too fast to overlap reliably.)
@@ -88,12 +90,12 @@ def test_parallel_sweep_isolates_a_failure_and_skips_finished_jobs_when_rerun(tm
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         read_events(good).PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
     leading = [h.name for h in experiment.hparam_infos if h.differs]
-    assert leading[0] == "model.latent_dim" and {"data", "model", "loss"} <= set(leading)
+    assert leading[0] == "loss" and {"data", "model", "loss"} <= set(leading)
     assert "cpus_per_job" not in leading and len(leading) < 15
 
     finished = (good / "status.json").read_text()
     mtime = (good / "status.json").stat().st_mtime
-    again = sweep(*args, "hydra/launcher=basic", cwd=tmp_path, preset=LONGER)  # skipping needs no Ray
+    again = sweep(*args, "hydra/launcher=basic", cwd=tmp_path, preset=LONGER, env=env)  # skipping needs no Ray
     assert again.returncode == 0, again.stderr
     assert "already ok, skipped" in again.stdout
     assert (good / "status.json").read_text() == finished and (good / "status.json").stat().st_mtime == mtime
@@ -181,15 +183,11 @@ def test_presets_define_the_seeds_comparison(preset):
 
 @pytest.mark.slow
 def test_optuna_study_survives_failing_and_diverging_trials(tmp_path):
-    """A search space with a region that fails (pack 3 does not divide batch 8) and one that
-    diverges: every trial runs, those are recorded as failed, the best finished one reported."""
+    """A search space with a region refused at the start (pack 3 does not divide batch 8) and
+    one that diverges: every trial runs, those are recorded as failed trials (Optuna gets no
+    value), the best finished one reported."""
     sweep_dir = tmp_path / "sweep"
-    nan_loss = tmp_path / "my_conf" / "loss" / "nan_after.yaml"
-    nan_loss.parent.mkdir(parents=True)
-    nan_loss.write_text(
-        "defaults: [loss_schema]\n"
-        "discriminator: {_target_: gan_experiments.losses.bce_discriminator, _partial_: true}\n"
-        "generator: {_target_: conftest.NanAfter, calls: 1}\n")
+    write_loss_option(tmp_path / "my_conf", "nan_after", "NanAfter")
     (tmp_path / "my_conf" / "hparams_search").mkdir()
     (tmp_path / "my_conf" / "hparams_search" / "risky.yaml").write_text(
         "# @package _global_\ndefaults: [optuna]\n"
@@ -199,8 +197,11 @@ def test_optuna_study_survives_failing_and_diverging_trials(tmp_path):
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
     assert result.returncode == 0, result.stderr
     rows = status_table(sweep_dir)
-    assert len(rows) == 8 and {r["status"] for r in rows.values()} == {"ok", "failed", "diverged"}
     assert sorted(d.name for d in sweep_dir.glob("trial=*")) == sorted(f"trial={i}" for i in range(8))
+    refused = [d for d in sweep_dir.glob("trial=*") if not (d / "status.json").exists()]
+    assert refused and len(rows) + len(refused) == 8
+    assert result.stdout.count("start refused: model.pack=3 must be a positive divisor") == len(refused)
+    assert {r["status"] for r in rows.values()} == {"ok", "diverged"}
     study = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     finished = [float(r["value"]) for r in rows.values() if r["status"] == "ok"]
     assert study["best_value"] == pytest.approx(min(finished))

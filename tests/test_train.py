@@ -216,3 +216,31 @@ def test_sigusr2_before_a_time_limit_checkpoints_and_is_recorded(tmp_path):
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["gan"]
     assert saved["step"] == summary["step"] == 5  # stopped after the step the signal came in
 
+
+def test_a_stop_of_its_sweep_reaches_a_running_job_through_the_sweep_dir(tmp_path):
+    """A Ray cluster runs jobs on hosts other than the sweep's driver: the line the driver adds
+    to the sweep dir's marker stops a running job as its own signal would, with a checkpoint."""
+    import threading
+    import time
+
+    from gan_experiments.stop import MARKER
+
+    job = tmp_path / "job"  # a job's folder inside its sweep's
+    # at most a minute of training: without the stop it ends `ok`
+    cfg = tiny_cfg("trainer.steps=3000", "trainer.checkpoint_every=100000", "eval.every=0",
+                   "eval.classifier=false", "loss.generator._target_=conftest.SlowNonsaturating",
+                   "loss.generator._partial_=false", "+loss.generator.seconds=0.02")
+
+    def driver():
+        while json.loads((job / "status.json").read_text() if (job / "status.json").exists() else "{}").get(
+                "status") != "running":
+            time.sleep(0.05)
+        time.sleep(1.0)  # training by now
+        with open(tmp_path / MARKER, "a") as marker:
+            marker.write("SIGINT\n")
+
+    threading.Thread(target=driver, daemon=True).start()
+    summary = train(cfg, job)
+    assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGTERM" and summary["step"] > 0
+    saved = torch.load(job / "checkpoints" / "last.pt", weights_only=False)["gan"]
+    assert saved["step"] == summary["step"]
