@@ -33,6 +33,7 @@ from gan_experiments.lifecycle import (
     decide_start,
 )
 from gan_experiments.losses import no_penalty
+from gan_experiments.metrics import registry
 from gan_experiments.metrics.evaluator import Evaluator
 from gan_experiments.models import check_batch_norm, check_pack
 from gan_experiments.progress import Progress
@@ -326,8 +327,12 @@ class Parts:
 def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> Parts:
     """Seed, load the data, build G, D and the losses. Bad input (a missing file, a size the
     model cannot take, a pack that does not divide the batch, BatchNorm over one example, a
-    streamed set smaller than a batch, a weight without a penalty) raises UserError here,
-    before the start writes anything."""
+    streamed set smaller than a batch, a weight without a penalty, an objective that is no
+    metric) raises UserError here, before the start writes anything."""
+    try:
+        registry.check_objective(cfg.eval.objective)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     progress = Progress(show_progress)
     seed_everything(cfg.seed)
     with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):

@@ -12,6 +12,8 @@ from PIL import Image
 
 from conftest import from_conf, read_events, tiny_cfg
 from gan_experiments import data, sample
+from gan_experiments.errors import UserError
+from gan_experiments.lifecycle import StartRefused
 from gan_experiments.metrics import classifier
 from gan_experiments.metrics.evaluator import Evaluator
 from gan_experiments.metrics.frechet import frechet_distance
@@ -125,8 +127,13 @@ def test_run_writes_metrics_everywhere(tmp_path):
 def test_objective_can_be_chosen_and_is_checked(tmp_path):
     summary = train(tiny_cfg("data=ring", "eval.objective=hq", model="mlp"), tmp_path / "a")
     assert summary["value"] == summary["metrics"]["metrics/hq"]["value"]
-    with pytest.raises(Exception, match="eval.objective=fid"):
+    # a misspelt metric is refused before the start; a real metric this data does not measure
+    # (the classifier's, on 2D points) is found by the evaluator, after it
+    with pytest.raises(StartRefused, match="eval.objective=fid is not a metric; choose one of reverse_kl, modes"):
         train(tiny_cfg("data=ring", "eval.objective=fid", model="mlp"), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(UserError, match="eval.objective=fid_classifier is not computed for this run"):
+        train(tiny_cfg("data=ring", "eval.objective=fid_classifier", model="mlp"), tmp_path / "c")
 
 
 def test_sample_export_round_trips(tmp_path):
