@@ -36,8 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gan_experiments.config import register_configs  # noqa: E402
-from gan_experiments.models import dcgan, mlp  # noqa: E402
-from gan_experiments.train import train  # noqa: E402
+from gan_experiments.train import build, train  # noqa: E402
 
 
 def write_mnist(root: Path, n: int) -> None:
@@ -54,6 +53,13 @@ def write_mnist(root: Path, n: int) -> None:
                 f.write(header + array.tobytes())
 
 
+def conf_model(option: str, data_shape: tuple[int, ...]):
+    """G and D as conf/model/<option>.yaml builds them: the defaults live there."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={option}"])
+    return build(cfg.model, data_shape=data_shape, is_image=True)
+
+
 def seed_loader(root: Path, batch: int, size: int | None) -> DataLoader:
     pipeline = ([transforms.Resize(size)] if size else []) + [
         transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]
@@ -64,7 +70,7 @@ def seed_loader(root: Path, batch: int, size: int | None) -> DataLoader:
 def seed_000_loop(root, device, batch, steps) -> float:
     """Seed 000's training loop, as written (its MLPs are gan_experiments' mlp defaults)."""
     latent_dim, img_dim = 100, 784
-    generator, discriminator = mlp.build((1, 28, 28), latent_dim=latent_dim)
+    generator, discriminator = conf_model("mlp", (1, 28, 28))  # latent_dim 100 there too
     generator, discriminator = generator.to(device), discriminator.to(device)
     optimizer_G = torch.optim.Adam(generator.parameters(), lr=2e-4)
     optimizer_D = torch.optim.Adam(discriminator.parameters(), lr=2e-4)
@@ -102,7 +108,7 @@ def seed_000_loop(root, device, batch, steps) -> float:
 
 def examples_dcgan_loop(root, device, batch, steps, size) -> float:
     """pytorch/examples dcgan/main.py's loop on gan_experiments' DCGAN modules."""
-    netG, netD = dcgan.build((1, size, size), latent_dim=100)
+    netG, netD = conf_model("dcgan", (1, size, size))
     netG, netD = netG.to(device), netD.to(device)
     criterion = nn.BCEWithLogitsLoss()
     optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))

@@ -33,8 +33,7 @@ from gan_experiments.lifecycle import (
     decide_start,
 )
 from gan_experiments.losses import no_penalty
-from gan_experiments.metrics import registry
-from gan_experiments.metrics.evaluator import Evaluator
+from gan_experiments.metrics.evaluator import Evaluator, resolve_objective
 from gan_experiments.models import check_batch_norm, check_pack
 from gan_experiments.progress import Progress
 from gan_experiments.stop import StopNow, stop_requests
@@ -322,23 +321,21 @@ class Parts:
     data: object
     gan: GAN
     losses: Losses
+    objective: str  # the metric the run returns, eval.objective resolved for this data
 
 
 def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> Parts:
     """Seed, load the data, build G, D and the losses. Bad input (a missing file, a size the
     model cannot take, a pack that does not divide the batch, BatchNorm over one example, a
-    streamed set smaller than a batch, a weight without a penalty, an objective that is no
-    metric) raises UserError here, before the start writes anything."""
-    try:
-        registry.check_objective(cfg.eval.objective)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    streamed set smaller than a batch, a weight without a penalty, an objective the run does
+    not measure) raises UserError here, before the start writes anything."""
     progress = Progress(show_progress)
     seed_everything(cfg.seed)
     with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):
         data = build(cfg.data, device=device)
     check_batch_size(data, cfg.trainer.batch_size)
-    return Parts(progress, data, build_gan(cfg, data, device), make_losses(cfg))
+    return Parts(progress, data, build_gan(cfg, data, device), make_losses(cfg),
+                 resolve_objective(cfg.eval, data))
 
 
 def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, saved: dict | None,
@@ -357,7 +354,7 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, s
         checkpoint.set_rng_state(saved["rng"])
         log.info("Resumed %s at step %d.", run_dir, gan.step)
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)
-    status.objective = evaluator.objective(cfg.eval.objective)
+    status.objective = parts.objective
     maybe_compile(gan, parts.losses, cfg, device)
     # Events up to the checkpoint's step were written before it; later ones are redone now.
     writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved else None)

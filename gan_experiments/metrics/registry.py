@@ -43,13 +43,6 @@ def higher_is_better(name: str) -> bool:
     return metric.higher_is_better if metric else False
 
 
-def check_objective(name: str) -> None:
-    """Raises ValueError, naming the choices, for an eval.objective that is no metric at all
-    (whether a run measures a known metric is for its evaluator to say)."""
-    if name != "auto" and name not in METRICS:
-        raise ValueError(f"eval.objective={name} is not a metric; choose one of {', '.join(METRICS)}, or auto.")
-
-
 def auto_objective(measured: list[str]) -> str:
     """The headline metric among those a run measures, else G's loss."""
     return next((m.name for m in METRICS.values() if m.headline and m.name in measured), "loss_G")
