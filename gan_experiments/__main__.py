@@ -17,7 +17,7 @@ from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import RunPaths, StartRefused, claim, decide_start
 
 # Ray pickles this module's main(): it may reference functions and classes, not an Event.
-from gan_experiments.stop import StopNow, stop_between_jobs, sweep_stopped
+from gan_experiments.stop import StopNow, stop_sweep_on_signals, sweep_stopped
 from gan_experiments.summaries import HParams
 from gan_experiments.sweep import quiet_console, register_resolvers, release_gpu_memory, swept_keys
 from gan_experiments.train import final_value, resolved, train
@@ -71,10 +71,11 @@ def main(cfg: DictConfig) -> float | None:
         if sweep_stopped(hydra_cfg.sweep.dir):
             print(f"{job}: not started: the sweep was stopped", flush=True)
             return None
-        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-            # A SLURM job is one job: its signals belong to submitit and the run (slurm.py),
-            # and one job's time limit must not stop the sweep.
-            stop_between_jobs(hydra_cfg.sweep.dir)
+        if hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
+            # The jobs run one after another in the driver: a signal between two of them stops
+            # the sweep. (Other launchers run a job in a process of its own, whose signals
+            # belong to the run: submitit's SLURM job must requeue on its time limit alone.)
+            stop_sweep_on_signals(hydra_cfg.sweep.dir)
         quiet_console()
         optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         swept = ({o.split("=", 1)[0] for o in hydra_cfg.overrides.task} if optuna
@@ -96,7 +97,7 @@ def main(cfg: DictConfig) -> float | None:
                 print(f"{job}: {'resuming' if start.kind == 'resume' else 'started'}", flush=True)
             summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept),
                             on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg), start=start,
-                            show_progress=not multirun)  # jobs of a sweep share one terminal
+                            sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None)
     except StartRefused as error:  # nothing was written: the run dir is as it was
         if multirun:
             print(f"{job}: start refused: {error}", flush=True)

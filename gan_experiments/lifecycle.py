@@ -154,11 +154,28 @@ def recorded_config(paths: RunPaths, saved: dict | None) -> dict | None:
     """The resolved config the folder's run was started with: its checkpoint's, else the one
     written into .hydra/ when it started (a run that failed before its first checkpoint)."""
     if saved is not None:
-        return saved["config"]
+        return _with_penalty_option(saved["config"])
     try:
-        return yaml.safe_load(paths.config.read_text())
+        return _with_penalty_option(yaml.safe_load(paths.config.read_text()))
     except (OSError, yaml.YAMLError):
         return None
+
+
+# Runs recorded before the gradient penalty was a loss/penalty option say `loss.penalty: <name>`
+# and `loss.penalty_weight`. Without a penalty, and with WGAN-GP's, they computed what today's
+# options compute, so they are compared as those. R1 now takes a pass of D of its own, so an
+# old R1 run stays a run of another config.
+_PENALTY_OPTIONS = {"none": "gan_experiments.losses.no_penalty",
+                    "wgan_gp": "gan_experiments.losses.wgan_gradient_penalty"}
+
+
+def _with_penalty_option(config: dict | None) -> dict | None:
+    loss = (config or {}).get("loss") or {}
+    if isinstance(loss.get("penalty"), str) and loss["penalty"] in _PENALTY_OPTIONS:
+        weight = loss.pop("penalty_weight", None) if loss["penalty"] == "wgan_gp" else 0.0
+        loss.pop("penalty_weight", None)
+        loss["penalty"] = {"_target_": _PENALTY_OPTIONS[loss["penalty"]], "_partial_": True, "weight": weight}
+    return config
 
 
 def check_counts(trainer) -> None:

@@ -25,7 +25,7 @@ MARKER = ".stopped"  # in a sweep dir: a signal stopped that sweep; one line per
 
 def sweep_stopped(sweep_dir: Path | None = None) -> bool:
     """Whether a signal stopped this sweep: in this process, or, for jobs in other processes
-    (Ray's workers, on this host or another), through the marker that `forward_stops` leaves
+    (Ray's workers, on this host or another), through the marker that `stop_sweep_on_signals` leaves
     in the sweep dir."""
     return STOPPED.is_set() or (sweep_dir is not None and (Path(sweep_dir) / MARKER).exists())
 
@@ -35,45 +35,36 @@ def _mark_stop(sweep_dir: Path, signal_name: str) -> None:
         marker.write(signal_name + "\n")
 
 
-def forward_stops(sweep_dir: Path) -> None:
-    """For a sweep whose jobs run in other processes (the Ray launcher, locally or on a
-    cluster): the signals of this driver are blocked, so that the Ray processes it starts
-    inherit the block and a Ctrl-C in the terminal does not kill them and their jobs mid-step.
-    A thread takes each signal and adds a line to the sweep dir's marker. Every running job
-    watches the marker (`stop_requests`) and takes each new line as a signal of its own: the
-    first checkpoints and ends it `interrupted`, a second stops it at once. Jobs not started yet
-    see the marker and do not start. This reaches every host that shares the sweep dir, as a
-    Ray cluster's nodes must (README, Sweeps). Call from the main thread before the launcher
-    starts Ray."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-
-    def forward():
-        while True:
-            signum = signal.sigwait(SIGNALS)
-            STOPPED.set()
-            _mark_stop(sweep_dir, signal.Signals(signum).name)
-
-    threading.Thread(target=forward, name="forward-stops", daemon=True).start()
+_DRIVER_HANDLERS: dict = {}  # what stop_sweep_on_signals replaced, for restore_signals
 
 
-def restore_signals() -> None:
-    """The driver takes signals again once its sweep's jobs have returned."""
-    if threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+def stop_sweep_on_signals(sweep_dir: Path) -> None:
+    """A signal to a sweep's driver process, while no run holds the signals, stops the whole
+    sweep: it adds a line to the sweep dir's marker. Every running job watches the marker
+    (`stop_requests`) and counts each line as a signal to it: the first checkpoints and ends it
+    `interrupted`, a second stops it at once. Jobs not started yet see the marker and do
+    not start. Through the sweep dir this reaches the jobs of every host that shares it, as a
+    Ray cluster's nodes must (README, Sweeps).
 
-
-def stop_between_jobs(sweep_dir: Path) -> None:
-    """Between a sweep's jobs no run holds the signals: a signal there stops the sweep, and
-    leaves the marker that the next run of it sees as soon as it takes the signals."""
+    For the driver process only: Hydra's basic launcher (between its jobs, which run in it) and
+    the Ray launcher's driver (for the whole sweep; call it after ray.init, which installs a
+    SIGTERM handler that exits). Ray blocks SIGINT in its own processes, so a Ctrl-C in the
+    terminal leaves them running."""
     def stop_sweep(signum, frame):
         STOPPED.set()
         _mark_stop(sweep_dir, signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():
         for sig in SIGNALS:
+            _DRIVER_HANDLERS.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, stop_sweep)
+
+
+def restore_signals() -> None:
+    """The handlers stop_sweep_on_signals replaced, once the sweep's jobs have returned."""
+    if threading.current_thread() is threading.main_thread():
+        while _DRIVER_HANDLERS:
+            signal.signal(*_DRIVER_HANDLERS.popitem())
 
 
 class StopNow(BaseException):
@@ -86,15 +77,21 @@ class StopNow(BaseException):
 
 
 class StopRequest(threading.Event):
-    """Set by the first signal once training runs; `setting_up` until then."""
+    """Set by the first signal once training runs; `setting_up` until then. `count`: the
+    signals taken, which the sweep-stop watcher compares with its marker's lines."""
 
     def __init__(self):
         super().__init__()
         self.setting_up = True
         self.signal_name = ""
+        self.count = 0
+        self.closing = False  # the block is ending: a late signal changes nothing
 
     def handle(self, signum, frame) -> None:
         STOPPED.set()
+        if self.closing:
+            return
+        self.count += 1
         self.signal_name = signal.Signals(signum).name
         if self.setting_up:
             raise StopNow(f"{self.signal_name} during set-up", self.signal_name)
@@ -106,41 +103,48 @@ class StopRequest(threading.Event):
 @contextmanager
 def stop_requests(sweep_dir: Path | None = None):
     """A StopRequest that SIGTERM, SIGINT and SIGUSR2 drive while the block runs (main thread only: a
-    run started from another thread leaves the process's signals alone). A run whose sweep
-    (`sweep_dir`) was stopped before it took the signals stops at once."""
+    run started from another thread leaves the process's signals alone). For a job of a sweep
+    (`sweep_dir`), a stop of the sweep counts as a signal: one made before the block stops it at
+    once, and each one made during it (a line of the sweep's marker) is a SIGTERM to this process."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
     previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
-    for sig in SIGNALS:
-        signal.signal(sig, request.handle)
-    # A Ray worker inherits its driver's blocked signals (forward_stops): a run takes them.
-    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-    done = threading.Event()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the mask as it is
+    done, sending = threading.Event(), threading.Lock()
     try:
+        for sig in SIGNALS:
+            signal.signal(sig, request.handle)
+        # A Ray worker inherits a blocked SIGINT from Ray's raylet: a run takes it.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         if sweep_dir is not None and (Path(sweep_dir) / MARKER).exists():
             raise StopNow("a stop of its sweep")
         if sweep_dir is not None:
-            threading.Thread(target=_watch, args=(Path(sweep_dir) / MARKER, done),
+            threading.Thread(target=_watch, args=(Path(sweep_dir) / MARKER, request, done, sending),
                              name="watch-sweep-stop", daemon=True).start()
         yield request
     finally:
-        done.set()
+        with sending:  # no SIGTERM from the watcher after this
+            done.set()
+        request.closing = True
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _watch(marker: Path, done: threading.Event, every_s: float = 0.5) -> None:
-    """Each line added to the sweep's marker is a SIGTERM to this process, which the run's
-    handler takes as any other signal: the sweep's driver may be on another host."""
-    seen = 0
+def _watch(marker: Path, request: StopRequest, done: threading.Event, sending: threading.Lock,
+           every_s: float = 0.5) -> None:
+    """Each line of the sweep's marker stands for a signal to the sweep, whose driver may be
+    on another host. Where the run has taken fewer signals than that, it gets a SIGTERM, which
+    its handler takes as any other signal. A Ctrl-C in a terminal reaches a local job directly
+    as well as through the marker: counting, not forwarding each line, keeps that one signal."""
     while not done.wait(every_s):
         try:
             lines = marker.read_text().count("\n")
         except OSError:  # no stop yet
             continue
-        for _ in range(lines - seen):
-            os.kill(os.getpid(), signal.SIGTERM)
-        seen = lines
+        if lines > request.count:
+            with sending:
+                if not done.is_set():
+                    os.kill(os.getpid(), signal.SIGTERM)

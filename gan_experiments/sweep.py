@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_status
-from gan_experiments.stop import MARKER, forward_stops, restore_signals, sweep_stopped
+from gan_experiments.stop import MARKER, restore_signals, stop_sweep_on_signals, sweep_stopped
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,13 @@ class SweepStatus(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         (sweep_dir / MARKER).unlink(missing_ok=True)  # an earlier stop; this run resumes the sweep
         if "ray" in str(config.hydra.launcher.get("_target_", "")).lower():
-            forward_stops(sweep_dir)
+            import ray
+
+            # Started as Hydra's launcher would (it then finds Ray running), so that the
+            # driver's stop handlers replace the SIGTERM handler ray.init installs.
+            if not ray.is_initialized():
+                ray.init(**OmegaConf.to_container(config.hydra.launcher.ray.init, resolve=True))
+            stop_sweep_on_signals(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         restore_signals()

@@ -114,14 +114,14 @@ def build(node: DictConfig, **kwargs):
 def make_losses(cfg: DictConfig) -> Losses:
     """The loss functions of conf/loss. A penalty of weight 0 is none: it is not computed.
     Raises UserError for a weight given to loss/penalty=none."""
-    penalty = cfg.loss.penalty
-    if penalty._target_ == f"{no_penalty.__module__}.{no_penalty.__name__}" and penalty.weight != 0:
-        raise UserError(f"loss.penalty.weight={penalty.weight}, but no gradient penalty is chosen "
+    weight = cfg.loss.penalty.weight
+    # PacGAN: D judges packs of samples, so a gradient penalty is taken per pack.
+    penalty = build(cfg.loss.penalty, pack=cfg.model.pack)
+    if penalty.func is no_penalty and weight != 0:
+        raise UserError(f"loss.penalty.weight={weight}, but no gradient penalty is chosen "
                         f"(loss/penalty=none). Choose one, e.g. loss/penalty=r1 or loss/penalty=wgan_gp, "
                         f"or drop loss.penalty.weight.")
-    # PacGAN: D judges packs of samples, so a gradient penalty is taken per pack.
-    return Losses(build(cfg.loss.discriminator), build(cfg.loss.generator),
-                  build(penalty, pack=cfg.model.pack) if penalty.weight != 0 else None)
+    return Losses(build(cfg.loss.discriminator), build(cfg.loss.generator), penalty if weight != 0 else None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,8 +151,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
-    generator, discriminator = build(cfg.model, data_shape=data.shape, is_image=data.is_image)
     check_pack(cfg.trainer.batch_size, cfg.model.pack)
+    generator, discriminator = build(cfg.model, data_shape=data.shape, is_image=data.is_image)
     check_batch_norm(generator, discriminator, cfg.trainer.batch_size, cfg.model.pack)
     generator, discriminator = generator.to(device), discriminator.to(device)
     if cfg.trainer.channels_last and data.is_image:
@@ -479,7 +479,7 @@ def resolved(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
           on_start: Callable[[], None] | None = None, start: Start | None = None,
-          show_progress: bool = True) -> dict:
+          sweep_dir: Path | None = None) -> dict:
     """Train as `cfg` says, writing into `run_dir`; returns what status.json says at the end
     (for a skipped run, what it already said).
 
@@ -488,8 +488,9 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
     (resume=true continues what the folder holds). The start is accepted once the data, models
     and losses are built; until then bad input, or a signal, raises StartRefused with the run
     dir untouched. After the start (and `on_start`, which the runner uses to record the
-    config), any error leaves status `failed` and is raised again. `show_progress`: bars on a
-    terminal, if trainer.progress also allows them."""
+    config), any error leaves status `failed` and is raised again. `sweep_dir`: the sweep
+    this run is a job of; a stop of the sweep stops the run, and its bars stay off (the jobs
+    share one terminal)."""
     run_dir = Path(run_dir)
     config = resolved(cfg)
     if start is None:
@@ -497,20 +498,22 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
             start = decide_start(run_dir, config)
             if start.kind == "skip":
                 return start.status
-            return train(cfg, run_dir, hparams, on_start, start, show_progress)
+            return train(cfg, run_dir, hparams, on_start, start, sweep_dir)
     device = resolve_device(cfg.trainer.device)
-    step, status, session = start.step, None, None
+    step, session = start.step, None
+    status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if start.kind == "resume" else None)
+    accepted = False  # until the start is accepted, the run dir is as it was
     try:
         # From here on a signal stops the run: at once while it sets up, then at the next
         # step boundary with a checkpoint (gan_experiments.stop).
-        with stop_requests(sweep_dir=run_dir.parent) as stop:  # a sweep's jobs are its children
+        with stop_requests(sweep_dir) as stop:
             try:
-                parts = build_parts(cfg, device, show_progress and cfg.trainer.progress)
+                parts = build_parts(cfg, device, cfg.trainer.progress and sweep_dir is None)
             except UserError as error:
                 raise StartRefused(str(error)) from None
+            accepted = True
             if on_start is not None:
                 on_start()
-            status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if start.kind == "resume" else None)
             status.running(step)
             session = set_up(cfg, run_dir, device, parts, start.saved, config, status, hparams)
             stop.setting_up = False
@@ -518,7 +521,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
     except StartRefused:
         raise
     except StopNow as error:
-        if status is None:  # stopped while loading the data: the start was never accepted
+        if not accepted:  # stopped while the data loaded: nothing was written
             raise StartRefused(f"Stopped by {error.signal_name or 'the sweep'} before the run "
                                f"started.") from None
         if session is None:  # nothing trained in this leg, nothing to checkpoint
@@ -535,7 +538,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
         if session is not None:
             step = session.gan.step
             session.writer.close()
-        if status is not None:
+        if accepted:
             try:
                 status.failed(step, error)
             except OSError:  # the disk that refused the results refuses the status too

@@ -155,6 +155,32 @@ class SlowNonsaturating:
         return F.softplus(-fake_logits).mean()
 
 
+class SweepStopAt:
+    """The non-saturating generator loss, `seconds` slower per call, that at its `calls`-th call
+    adds a line to the sweep's stop marker `marker`, as a sweep's driver does on a signal, and
+    with `direct` also sends this process SIGINT, as a terminal's Ctrl-C reaches a local job.
+    Then it sleeps, so the stop is seen while the step still runs."""
+
+    def __init__(self, calls: int, marker: str, direct: bool, seconds: float):
+        self.calls, self.marker, self.direct, self.seconds = calls, marker, direct, seconds
+
+    def __call__(self, fake_logits):
+        import os
+        import signal
+        import time
+
+        import torch.nn.functional as F
+
+        self.calls -= 1
+        if self.calls == 0:
+            if self.direct:
+                os.kill(os.getpid(), signal.SIGINT)
+            with open(self.marker, "a") as marker:
+                marker.write("SIGINT\n")
+        time.sleep(self.seconds)
+        return F.softplus(-fake_logits).mean()
+
+
 def read_events(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

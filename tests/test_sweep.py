@@ -336,9 +336,14 @@ def test_one_ctrl_c_ends_a_sequential_sweep_with_its_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_ctrl_c_ends_a_ray_sweep_with_checkpoints_and_its_table(tmp_path):
+@pytest.mark.parametrize("send", [
+    lambda pid: os.killpg(pid, signal.SIGINT),  # Ctrl-C in the terminal: the whole process group
+    lambda pid: os.kill(pid, signal.SIGTERM),  # a SIGTERM to the driver alone
+], ids=["ctrl_c", "sigterm_to_the_driver"])
+def test_one_ctrl_c_ends_a_ray_sweep_with_checkpoints_and_its_table(tmp_path, send):
     """The default launcher: Ctrl-C in the terminal (SIGINT to the driver's process group)
-    used to kill Ray and its jobs mid-step, leaving them `running` with no checkpoint."""
+    used to kill Ray and its jobs mid-step, leaving them `running` with no checkpoint, and a
+    SIGTERM to the driver aborted it (rc 134) with its jobs left `running`."""
     sweep_dir = tmp_path / "sweep"
     preset_file = tmp_path / "my_conf" / "experiment" / "tiny_ring.yaml"
     preset_file.parent.mkdir(parents=True)
@@ -354,7 +359,7 @@ def test_one_ctrl_c_ends_a_ray_sweep_with_checkpoints_and_its_table(tmp_path):
         while len(list(sweep_dir.glob("seed=*/samples/step_*.png"))) < 2:
             assert time.time() < deadline and process.poll() is None, process.communicate()
             time.sleep(0.5)
-        os.killpg(process.pid, signal.SIGINT)
+        send(process.pid)
         out, err = process.communicate(timeout=90)
     finally:
         if process.poll() is None:

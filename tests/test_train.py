@@ -2,7 +2,10 @@
 
 import io
 import json
+import os
+import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,7 +178,6 @@ def test_a_terminal_sees_each_phase_with_bars(tmp_path, monkeypatch):
 
 
 def test_the_first_signal_of_a_training_run_waits_for_the_step_a_second_stops_at_once():
-    import os
     import signal
 
     from gan_experiments.stop import StopNow, stop_requests
@@ -201,7 +203,7 @@ def test_a_job_of_a_stopped_sweep_stops_as_soon_as_it_takes_the_signals(tmp_path
         with stop_requests(sweep_dir=tmp_path):
             pass
     with pytest.raises(StartRefused, match="Stopped by the sweep before the run started"):
-        train(tiny_cfg(), tmp_path / "job")
+        train(tiny_cfg(), tmp_path / "job", sweep_dir=tmp_path)
     assert not (tmp_path / "job").exists()  # never started: a rerun starts it afresh
 
 
@@ -217,30 +219,49 @@ def test_sigusr2_before_a_time_limit_checkpoints_and_is_recorded(tmp_path):
     assert saved["step"] == summary["step"] == 5  # stopped after the step the signal came in
 
 
-def test_a_stop_of_its_sweep_reaches_a_running_job_through_the_sweep_dir(tmp_path):
+@pytest.mark.parametrize("direct", [False, True], ids=["marker_only", "and_a_direct_ctrl_c"])
+def test_a_stop_of_its_sweep_reaches_a_running_job_through_the_sweep_dir(tmp_path, direct):
     """A Ray cluster runs jobs on hosts other than the sweep's driver: the line the driver adds
-    to the sweep dir's marker stops a running job as its own signal would, with a checkpoint."""
-    import threading
-    import time
-
+    to the sweep dir's marker stops a running job as its own signal would, with a checkpoint.
+    A local job that the terminal's Ctrl-C also reaches directly takes the two as one stop:
+    it still checkpoints, rather than stopping at once as on a second signal."""
     from gan_experiments.stop import MARKER
 
-    job = tmp_path / "job"  # a job's folder inside its sweep's
-    # at most a minute of training: without the stop it ends `ok`
-    cfg = tiny_cfg("trainer.steps=3000", "trainer.checkpoint_every=100000", "eval.every=0",
-                   "eval.classifier=false", "loss.generator._target_=conftest.SlowNonsaturating",
-                   "loss.generator._partial_=false", "+loss.generator.seconds=0.02")
-
-    def driver():
-        while json.loads((job / "status.json").read_text() if (job / "status.json").exists() else "{}").get(
-                "status") != "running":
-            time.sleep(0.05)
-        time.sleep(1.0)  # training by now
-        with open(tmp_path / MARKER, "a") as marker:
-            marker.write("SIGINT\n")
-
-    threading.Thread(target=driver, daemon=True).start()
-    summary = train(cfg, job)
-    assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGTERM" and summary["step"] > 0
-    saved = torch.load(job / "checkpoints" / "last.pt", weights_only=False)["gan"]
+    # The stop comes at step 3, whose 0.7 s (longer than the watcher's 0.5 s poll) it then
+    # sleeps; without it the run ends `ok` after 60 steps.
+    cfg = tiny_cfg("trainer.steps=60", "trainer.checkpoint_every=100000", "eval.every=0",
+                   "eval.classifier=false", "loss.generator._target_=conftest.SweepStopAt",
+                   "loss.generator._partial_=false", "+loss.generator.calls=3",
+                   f"+loss.generator.marker={tmp_path / MARKER}", f"+loss.generator.direct={direct}",
+                   "+loss.generator.seconds=0.7")
+    summary = train(cfg, tmp_path / "job", sweep_dir=tmp_path)
+    assert summary["status"] == "interrupted" and summary["step"] == 3
+    assert summary["stopped_by"] == ("SIGINT" if direct else "SIGTERM")
+    saved = torch.load(tmp_path / "job" / "checkpoints" / "last.pt", weights_only=False)["gan"]
     assert saved["step"] == summary["step"]
+
+
+def test_a_stopped_sweeps_marker_does_not_refuse_a_single_run_in_its_folder(tmp_path):
+    """The resume command a stopped job prints (resume=true hydra.run.dir=<sweep>/<job>) is a
+    single run: the sweep's old stop is not its own."""
+    from gan_experiments.stop import MARKER
+
+    (tmp_path / MARKER).write_text("SIGINT\n")
+    assert train(tiny_cfg(), tmp_path / "job")["status"] == "ok"
+
+
+def test_the_driver_gets_its_own_handlers_back_after_the_sweep():
+    from gan_experiments.stop import restore_signals, stop_sweep_on_signals
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        stop_sweep_on_signals(Path("unused"))
+        stop_sweep_on_signals(Path("unused"))  # the basic launcher calls it before each job
+        assert signal.getsignal(signal.SIGTERM) is not mine
+        restore_signals()
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
