@@ -172,7 +172,7 @@ def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
                instantiate(cfg.schedule.d)(opt_d), ema, fixed_noise)
 
 
-def maybe_compile(gan: GAN, losses: Losses, cfg: DictConfig, device: torch.device) -> None:
+def maybe_compile(gan: GAN, losses: Losses, autocast: Callable, cfg: DictConfig, device: torch.device) -> None:
     """torch.compile G and D when asked; fall back to eager, with a warning, where it fails."""
     if not cfg.trainer.compile:
         return
@@ -186,7 +186,7 @@ def maybe_compile(gan: GAN, losses: Losses, cfg: DictConfig, device: torch.devic
             # The step the run will take, its gradient penalty's double backward included:
             # AOTAutograd compiles a forward and backward that cannot be differentiated again.
             z = torch.randn(cfg.trainer.batch_size, cfg.model.latent_dim, device=device)
-            with _autocast_factory(device, resolved(cfg.trainer)["precision"])():
+            with autocast():
                 fake = probe_g(z)
                 real = torch.randn_like(fake)
                 if cfg.trainer.channels_last and real.dim() == 4:  # as train_step feeds D
@@ -355,12 +355,13 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, s
         log.info("Resumed %s at step %d.", run_dir, gan.step)
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)
     status.objective = parts.objective
-    maybe_compile(gan, parts.losses, cfg, device)
+    autocast = _autocast_factory(device, str(config["trainer"]["precision"]))
+    maybe_compile(gan, parts.losses, autocast, cfg, device)
     # Events up to the checkpoint's step were written before it; later ones are redone now.
     writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved else None)
     session = Session(
         cfg, run_dir, config, status, data, gan, parts.losses, evaluator, scalers,
-        _autocast_factory(device, str(config["trainer"]["precision"])), writer, reference_points,
+        autocast, writer, reference_points,
         progress, noise_horizon=saved.get("noise_horizon") or _first_horizon(saved.get("config"), tc),
         last=saved.get("last", {}), last_step=saved.get("last_step", 0), metrics=saved.get("metrics", {}),
     )
@@ -520,21 +521,15 @@ def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
             return finish(session, run_loop(session, stop), stop.signal_name)
     except StartRefused:
         raise
-    except StopNow as error:
-        if not accepted:  # stopped while the data loaded: nothing was written
+    except BaseException as error:
+        if isinstance(error, StopNow) and not accepted:  # stopped while the data loaded
             raise StartRefused(f"Stopped by {error.signal_name or 'the sweep'} before the run "
                                f"started.") from None
-        if session is None:  # nothing trained in this leg, nothing to checkpoint
+        if isinstance(error, StopNow) and session is None:  # nothing trained in this leg
             log.warning("Stopped by %s; nothing to checkpoint.", error)
             return status.end("interrupted", step, (start.saved or {}).get("metrics", {}),
                               error.signal_name)
-        session.writer.close()
-        try:
-            status.failed(session.gan.step, error)
-        except OSError:
-            pass
-        raise
-    except BaseException as error:
+        # A crash, or a second signal: no new checkpoint, status `failed`.
         if session is not None:
             step = session.gan.step
             session.writer.close()
