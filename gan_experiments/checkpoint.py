@@ -139,21 +139,27 @@ def missing_entries(state) -> list[str]:
     return missing
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """Every RNG the run draws from. On CUDA only the training device's generator: the other
+    GPUs of the machine draw nothing for the run, and a resume may see another number of them
+    (a Ray job sees one, under its own CUDA_VISIBLE_DEVICES)."""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restores `rng_state`'s generators; the saved CUDA state goes to `device`, the GPU this
+    leg trains on, whichever index it had when it was saved. A run saved on the CPU and resumed
+    on a GPU (or the reverse) keeps its CPU streams; its CUDA stream starts from the seed."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def flatten(tree, prefix: str = "") -> dict:

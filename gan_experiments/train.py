@@ -60,6 +60,10 @@ class GAN:
     fixed_noise: torch.Tensor
     step: int = 0
 
+    @property
+    def device(self) -> torch.device:
+        return self.fixed_noise.device
+
     def state_dict(self) -> dict:
         return {
             "generator": self.generator.state_dict(),
@@ -351,7 +355,7 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, s
         gan.load_state_dict(saved["gan"])
         for scaler, state in zip(scalers, saved.get("scalers") or (), strict=False):
             scaler.load_state_dict(state)  # fp16 resumes with the loss scale it had reached
-        checkpoint.set_rng_state(saved["rng"])
+        checkpoint.set_rng_state(saved["rng"], device)
         log.info("Resumed %s at step %d.", run_dir, gan.step)
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)
     status.objective = parts.objective
@@ -379,7 +383,7 @@ def _first_horizon(saved_config: dict | None, tc: DictConfig) -> int:
 
 def save_checkpoint(s: Session) -> None:
     checkpoint.save(RunPaths(s.run_dir).checkpoint, {
-        "gan": s.gan.state_dict(), "rng": checkpoint.rng_state(), "config": s.config,
+        "gan": s.gan.state_dict(), "rng": checkpoint.rng_state(s.gan.device), "config": s.config,
         "data_shape": s.data.shape, "is_image": s.data.is_image,
         "scalers": [scaler.state_dict() for scaler in s.scalers], "noise_horizon": s.noise_horizon,
         "last": s.last, "last_step": s.last_step, "metrics": s.metrics,

@@ -212,3 +212,28 @@ def tree_snapshot(folder: Path) -> dict:
     """Every file under `folder` with its bytes and modification time."""
     return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """FAKE CUDA STATE: torch believes `visible(n)` GPUs are visible, for code that keeps per-GPU
+    RNG state. torch.cuda.random's own functions run unchanged; only what lies under them is
+    replaced: the lazy CUDA initialisation (a no-op; its deferred calls run at once), the
+    device count, and `torch.cuda.default_generators`, one real (CPU) torch.Generator per
+    visible GPU. As on a real machine, naming a GPU index beyond the visible ones raises
+    IndexError. Tensors still live on the CPU: nothing here can run a kernel on a GPU."""
+    import torch
+    import torch.cuda.random as cuda_random
+
+    def visible(n: int) -> tuple:
+        generators = tuple(torch.Generator().manual_seed(1000 + i) for i in range(n))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "default_generators", generators, raising=False)
+        monkeypatch.setattr(cuda_random, "_lazy_init", lambda: None)
+        monkeypatch.setattr(cuda_random, "_lazy_call", lambda callback, **kwargs: callback())
+        monkeypatch.setattr(cuda_random, "device_count", lambda: n)
+        monkeypatch.setattr(cuda_random, "current_device", lambda: 0)
+        return generators
+
+    return visible

@@ -55,7 +55,7 @@ def test_checkpoint_loads_onto_any_device_with_rng_states_on_the_cpu(tmp_path):
     assert state["rng"]["torch"].device.type == "cpu" and state["rng"]["torch"].dtype == torch.uint8
     assert all(v.device.type == "meta" for v in state["gan"]["generator"].values())
     assert state["gan"]["fixed_noise"].device.type == "meta"
-    checkpoint.set_rng_state(state["rng"])
+    checkpoint.set_rng_state(state["rng"], torch.device("meta"))
 
 
 def test_an_interrupted_run_reports_its_metrics_with_their_steps_and_no_value(tmp_path):
