@@ -187,8 +187,8 @@ def maybe_compile(gan: GAN, losses: Losses, autocast: Callable, cfg: DictConfig,
             probe_g, probe_d = copy.deepcopy(gan.generator), copy.deepcopy(gan.discriminator)
             probe_g.compile(backend=cfg.trainer.compile_backend)
             probe_d.compile(backend=cfg.trainer.compile_backend)
-            # The step the run will take, its gradient penalty's double backward included:
-            # AOTAutograd compiles a forward and backward that cannot be differentiated again.
+            # The step the run will take, its gradient penalty's double backward included
+            # (AOTAutograd compiles a forward and backward that cannot be differentiated again).
             z = torch.randn(cfg.trainer.batch_size, cfg.model.latent_dim, device=device)
             with autocast():
                 fake = probe_g(z)
@@ -198,6 +198,11 @@ def maybe_compile(gan: GAN, losses: Losses, autocast: Callable, cfg: DictConfig,
                 penalty = losses.gradient_penalty(probe_d, real, fake.detach(), torch.ones((), device=device))
                 loss = probe_d(fake).float().sum() + probe_d(real).float().sum() + penalty
             loss.backward()
+            # And the optimizers' step: CUDA's fused Adam refuses gradients whose strides
+            # differ from their weights' in size-1 dimensions, as Inductor's can
+            # (pytorch/pytorch#126585).
+            instantiate(cfg.optimizer.g)(probe_g.parameters()).step()
+            instantiate(cfg.optimizer.d)(probe_d.parameters()).step()
         except Exception as error:  # any backend failure means: run eagerly
             log.warning("torch.compile failed (%s: %s); training without it.", type(error).__name__, error)
             return

@@ -237,3 +237,56 @@ def fake_cuda(monkeypatch):
         return generators
 
     return visible
+
+
+class StrideStrictAdam:
+    """Adam that refuses a gradient whose strides differ from its weight's, as CUDA's fused Adam
+    kernel does (pytorch/pytorch#126585): on this CPU, torch's own fused Adam accepts them."""
+
+    def __new__(cls, params, **kwargs):
+        import torch
+
+        class Strict(torch.optim.Adam):
+            def step(self, closure=None):
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None and p.grad.stride() != p.stride():
+                            raise RuntimeError(f"params and grads must have the same strides: "
+                                               f"{p.stride()} vs {p.grad.stride()}")
+                return super().step(closure)
+
+        return Strict(params, **kwargs)
+
+
+def size1_restriding_backend(gm, example_inputs):
+    """A torch.compile backend (`trainer.compile_backend=size1_restriding`) whose backward
+    returns gradients with other strides in their size-1 dimensions, as Inductor's can on CUDA
+    (pytorch/pytorch#126585): autograd keeps them, since such strides do not change the
+    layout."""
+    import torch
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def restride(t):
+        if not isinstance(t, torch.Tensor) or 1 not in t.shape:
+            return t
+        return t.as_strided(t.shape, [s + 7 if n == 1 else s for n, s in zip(t.shape, t.stride(), strict=True)])
+
+    def backward(bw_gm, inputs):
+        def run(args):
+            return [restride(out) for out in bw_gm(*args)]
+        run._boxed_call = True
+        return run
+
+    return aot_autograd(fw_compiler=lambda fw_gm, inputs: make_boxed_func(fw_gm.forward),
+                        bw_compiler=backward)(gm, example_inputs)
+
+
+def _register_test_backends():
+    from torch._dynamo import list_backends, register_backend
+
+    if "size1_restriding" not in list_backends(exclude_tags=()):
+        register_backend(size1_restriding_backend, name="size1_restriding")
+
+
+_register_test_backends()

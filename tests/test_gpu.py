@@ -8,7 +8,9 @@ schedules and sets CUDA_VISIBLE_DEVICES as on a GPU node, while torch trains on 
 import pytest
 import torch
 
+from conftest import tiny_cfg
 from gan_experiments import checkpoint
+from gan_experiments.train import train
 
 needs_gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -27,3 +29,13 @@ def test_the_cuda_rng_state_follows_the_training_device_not_the_gpu_count(fake_c
     one = fake_cuda(1)
     checkpoint.set_rng_state(saved, torch.device("cuda", 0))
     assert torch.equal(one[0].get_state(), expected)
+
+
+def test_compile_falls_back_to_eager_where_the_fused_optimizer_refuses_compiled_gradients(tmp_path, caplog):
+    """The compile probe must take the optimizers' step too: a backend whose gradients a fused
+    optimizer refuses (simulated: see conftest.size1_restriding_backend and StrideStrictAdam)
+    used to pass the probe and fail the run at step 1."""
+    strict = ["optimizer.g._target_=conftest.StrideStrictAdam", "optimizer.d._target_=conftest.StrideStrictAdam"]
+    summary = train(tiny_cfg("trainer.compile=true", "trainer.compile_backend=size1_restriding", *strict), tmp_path)
+    assert summary["status"] == "ok", summary.get("error")
+    assert "torch.compile failed (RuntimeError: params and grads must have the same strides" in caplog.text
