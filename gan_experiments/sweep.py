@@ -1,6 +1,6 @@
-"""What a multirun adds to a single run: GPU shares for Ray's scheduler, job folder names, a
-quiet terminal, and the sweep's status table. Whether a job of a sweep run again is skipped,
-resumed or refused is `lifecycle.decide_start`'s answer, the same as for a single run."""
+"""What a multirun adds to a single run: job folder names, a quiet terminal, and the sweep's
+status table. Where its jobs run on Ray is `placement`'s decision; whether a job of a sweep run
+again is skipped, resumed or refused is `lifecycle.decide_start`'s, as for a single run."""
 
 import csv
 import hashlib
@@ -17,16 +17,6 @@ from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_s
 from gan_experiments.stop import MARKER, restore_signals, stop_sweep_on_signals, sweep_stopped
 
 log = logging.getLogger(__name__)
-
-
-def gpus_per_job(jobs_per_gpu: int) -> float:
-    """Ray's per-task GPU request: 1/k of a GPU packs k jobs on each, 0 when there is none.
-    Ray then sets CUDA_VISIBLE_DEVICES so each job sees only its own GPU."""
-    import torch
-
-    if jobs_per_gpu < 1:
-        raise ValueError(f"jobs_per_gpu must be at least 1, got {jobs_per_gpu}")
-    return 1.0 / jobs_per_gpu if torch.cuda.is_available() else 0.0
 
 
 def swept_keys(sweep_dir: str | Path) -> set[str]:
@@ -80,7 +70,6 @@ def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int, all_overr
 
 
 def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("gpus_per_job", gpus_per_job, replace=True)
     OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
     # Hydra's Ray launcher caps the object store of a Ray it starts, but Ray refuses that
     # setting when joining an existing cluster.

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from hydra import compose, initialize_config_dir
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import CONF, TINY, TINY_MODEL, read_events, write_loss_option
-from gan_experiments.sweep import gpus_per_job, job_dirname
+from gan_experiments.errors import UserError
+from gan_experiments.placement import gpu_share, spread
+from gan_experiments.sweep import job_dirname
 
 
 def sweep(*args, cwd, preset=(), timeout=300, env=None):
@@ -162,15 +165,32 @@ def test_job_dirnames_name_what_varies_in_one_safe_path_part(tmp_path):
     assert job_dirname(["optimizer.g.lr=0.001"], str(tmp_path), optuna, 7) == "trial=7"
 
 
-def test_gpu_share_packs_jobs():
-    assert gpus_per_job(4) in (0.0, 0.25)  # 0 without a GPU, a quarter of one with
-    with pytest.raises(ValueError):
-        gpus_per_job(0)
+def test_the_gpu_share_follows_the_cluster_and_the_device():
+    assert gpu_share(8, "auto", 4) == 0.25 and gpu_share(8, "cuda", 1) == 1.0
+    assert gpu_share(0, "auto", 4) == 0.0  # a cluster without GPUs
+    assert gpu_share(8, "cpu", 4) == 0.0  # trainer.device=cpu reserves no GPU
+    with pytest.raises(UserError, match="jobs_per_gpu=0"):
+        gpu_share(8, "auto", 0)
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["jobs_per_gpu=4", "cpus_per_job=2"], return_hydra_config=True)
-    assert cfg.hydra.launcher._target_.endswith("RayLauncher")
-    assert cfg.hydra.launcher.ray.remote.num_gpus == gpus_per_job(4)
+    assert cfg.hydra.launcher._target_.endswith("ParallelLauncher")
+    assert "num_gpus" not in cfg.hydra.launcher.ray.remote  # decided from the cluster it joins
     assert cfg.hydra.launcher.ray.remote.num_cpus == 2
+
+
+def test_fractional_shares_are_spread_one_gpu_per_bundle_within_the_free_cpus():
+    nine = spread(9, 0.25, gpus_free=8, cpus_free=16, cpus_per_job=1)
+    assert len(nine.bundles) == 8 and nine.at_once == 2 and nine.bundles[0] == {"GPU": 1.0, "CPU": 2}
+    assert nine.job_bundle == [0, 1, 2, 3, 4, 5, 6, 7, 0]
+    many = spread(40, 0.25, gpus_free=8, cpus_free=64, cpus_per_job=1)
+    assert len(many.bundles) == 8 and many.at_once == 4  # four at once on every GPU
+    short = spread(40, 0.25, gpus_free=8, cpus_free=8, cpus_per_job=1)
+    assert len(short.bundles) == 8 and short.at_once == 1  # CPUs bound how many run at once
+    assert spread(40, 0.25, gpus_free=8, cpus_free=4, cpus_per_job=1).at_once == 1
+    assert len(spread(40, 0.25, gpus_free=8, cpus_free=4, cpus_per_job=1).bundles) == 4
+    assert spread(9, 1.0, 8, 16, 1) is None  # whole GPUs: Ray's own placement spreads them
+    assert spread(9, 0.0, 8, 16, 1) is None and spread(1, 0.25, 8, 16, 1) is None
+    assert spread(9, 0.25, gpus_free=1, cpus_free=16, cpus_per_job=1) is None
 
 
 @pytest.mark.parametrize("preset", ["loss_study", "ring_modes"])
@@ -240,21 +260,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_sweep_joins_an_existing_ray_cluster(tmp_path):
+@contextmanager
+def ray_head(tmp_path, *resources):
+    """`ray start --head` with `resources` (e.g. --num-gpus=8: Ray's LOGICAL GPUs on this CPU),
+    as on a cluster's head node; yields (port, env) for a sweep that joins it by
+    address=auto. The cluster keeps to itself: its own temp dir (where `ray start` records the
+    address that `auto` finds) and its own process group, stopped by signalling that group.
+    `ray stop` would kill every Ray cluster on the machine, such as a user's running sweep, and
+    a record left in /tmp/ray would send the user's next sweep to this dead cluster. The short
+    path keeps Ray's socket paths under the Unix limit."""
     port = _free_port()
-    ray = [sys.executable, "-m", "ray.scripts.scripts"]
-    # The test's cluster keeps to itself: its own temp dir (where `ray start` records the address
-    # that `auto` finds) and its own process group, stopped by signalling that group. `ray stop`
-    # would kill every Ray cluster on the machine, such as a user's running sweep, and a record
-    # left in /tmp/ray would send the user's next sweep to this dead cluster. The short path
-    # keeps Ray's socket paths under the Unix limit.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     head_log = tmp_path / "ray_head.log"
     with open(head_log, "w") as log:
-        head = subprocess.Popen([*ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                                 "--include-dashboard=false", "--disable-usage-stats"],
+        head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                                 f"--port={port}", *resources, "--include-dashboard=false",
+                                 "--disable-usage-stats"],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env,
                                 start_new_session=True)
     try:
@@ -265,13 +287,7 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
             if head.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("`ray start --head` did not come up:\n" + head_log.read_text())
             time.sleep(0.5)
-        sweep_dir = tmp_path / "sweep"
-        # `auto`, as on a cluster node: the address `ray start` recorded on this machine.
-        result = sweep("seed=0,1", "hydra.launcher.ray.init.address=auto",
-                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env=env)
-        assert result.returncode == 0, result.stderr
-        assert f":{port}" in result.stdout + result.stderr  # joined this cluster, not another
-        assert [r["status"] for r in status_table(sweep_dir).values()] == ["ok", "ok"]
+        yield port, env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -283,23 +299,67 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
 
 
 @pytest.mark.slow
-def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
-    """Ray with two logical GPUs on this CPU machine: six jobs at jobs_per_gpu=2 (half a GPU
-    each) must use both GPU ids, and never more than two jobs on one at a time."""
-    sweep_dir = tmp_path / "sweep"
-    result = sweep("seed=range(6)", "+hydra.launcher.ray.init.num_gpus=2",
-                   "+hydra.launcher.ray.init.num_cpus=8", "hydra.launcher.ray.remote.num_gpus=0.5",
-                   f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
-                   preset=["trainer.steps=150", "trainer.sample_every=1000", "trainer.log_every=50",
-                           "trainer.checkpoint_every=1000", "eval.every=0"])
-    assert result.returncode == 0, result.stderr
-    jobs = [json.loads(p.read_text()) for p in sweep_dir.glob("seed=*/status.json")]
-    assert len(jobs) == 6 and {j["status"] for j in jobs} == {"ok"}
+def test_sweep_joins_an_existing_ray_cluster(tmp_path):
+    with ray_head(tmp_path, "--num-cpus=2") as (port, env):
+        sweep_dir = tmp_path / "sweep"
+        # `auto`, as on a cluster node: the address `ray start` recorded on this machine.
+        result = sweep("seed=0,1", "hydra.launcher.ray.init.address=auto",
+                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert f":{port}" in result.stdout + result.stderr  # joined this cluster, not another
+        assert [r["status"] for r in status_table(sweep_dir).values()] == ["ok", "ok"]
+
+
+# Jobs long enough to overlap, short enough for nine at once on two cores.
+OVERLAPPING = ["trainer.steps=150", "trainer.sample_every=1000", "trainer.log_every=50",
+               "trainer.checkpoint_every=1000", "eval.every=0"]
+
+
+def jobs_by_gpu(sweep_dir) -> dict[str | None, list[tuple[datetime, datetime]]]:
+    """Each job's (start, end), by the CUDA_VISIBLE_DEVICES that Ray gave it."""
     by_gpu = {}
-    for job in jobs:
+    for path in sweep_dir.glob("*/status.json"):
+        job = json.loads(path.read_text())
+        assert job["status"] == "ok", job
         by_gpu.setdefault(job["cuda_visible_devices"], []).append(
             (datetime.fromisoformat(job["started"]), datetime.fromisoformat(job["ended"])))
-    assert sorted(by_gpu) == ["0", "1"]
+    return by_gpu
+
+
+@pytest.mark.slow
+def test_a_cpu_only_driver_asks_the_clusters_gpus_and_spreads_shares_over_all_of_them(tmp_path):
+    """Ray's LOGICAL GPUs: a head node with 8 of them (and 16 logical CPUs, so that CPUs do not
+    limit the placement), joined by this driver, whose torch sees no GPU. The GPU share used to
+    be decided by the driver's torch.cuda.is_available(): every job asked for 0 GPUs and got
+    none (cuda_visible_devices null). Forced to a quarter, Ray packed 9 jobs on GPUs 0-2 and
+    left five idle. And trainer.device=cpu must ask for no GPU at all."""
+    with ray_head(tmp_path, "--num-gpus=8", "--num-cpus=16") as (_, env):
+        spread_dir = tmp_path / "spread"
+        result = sweep("seed=range(9)", "jobs_per_gpu=4", "hydra.launcher.ray.init.address=auto",
+                       f"hydra.sweep.dir={spread_dir}", cwd=tmp_path, env=env, preset=OVERLAPPING)
+        assert result.returncode == 0, result.stderr
+        by_gpu = jobs_by_gpu(spread_dir)
+        assert sorted(by_gpu) == [str(i) for i in range(8)], by_gpu
+        assert sorted(len(spans) for spans in by_gpu.values()) == [1] * 7 + [2]
+
+        cpu_dir = tmp_path / "cpu"
+        result = sweep("seed=0,1", "jobs_per_gpu=4", "trainer.device=cpu", "hydra.launcher.ray.init.address=auto",
+                       f"hydra.sweep.dir={cpu_dir}", cwd=tmp_path, env=env, preset=OVERLAPPING)
+        assert result.returncode == 0, result.stderr
+        assert list(jobs_by_gpu(cpu_dir)) == [None]
+
+
+@pytest.mark.slow
+def test_jobs_are_pinned_to_logical_gpus_and_packed_per_gpu(tmp_path):
+    """Ray's LOGICAL GPUs: a local Ray with two on this CPU machine. Six jobs at jobs_per_gpu=2
+    (half a GPU each) must use both GPU ids, and run at most two on one at a time."""
+    sweep_dir = tmp_path / "sweep"
+    result = sweep("seed=range(6)", "jobs_per_gpu=2", "+hydra.launcher.ray.init.num_gpus=2",
+                   "+hydra.launcher.ray.init.num_cpus=8", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                   preset=OVERLAPPING)
+    assert result.returncode == 0, result.stderr
+    by_gpu = jobs_by_gpu(sweep_dir)
+    assert sorted(by_gpu) == ["0", "1"] and sum(map(len, by_gpu.values())) == 6
     for spans in by_gpu.values():
         for start, _ in spans:  # jobs running on this GPU when this one started
             assert sum(s <= start < e for s, e in spans) <= 2

@@ -1,0 +1,142 @@
+"""Where the parallel launcher (`hydra/launcher=parallel`, Hydra's Ray launcher) puts a sweep's
+jobs: how much of a GPU each asks Ray for, and on which GPU.
+
+Both are decided from the Ray cluster's resources, after the driver has joined it, never from
+the driver's own torch: a sweep driven from a CPU-only head or login node must still ask for
+the GPUs of the nodes that have them, and a sweep with `trainer.device=cpu` asks for none.
+
+Ray puts a fractional GPU request on the GPU with the least room left that fits it, to keep
+whole GPUs free; so 9 jobs at a quarter of a GPU each would share GPUs 0-2 and leave the other
+five idle. With `jobs_per_gpu` > 1 the jobs therefore go through a placement group of one
+bundle per GPU (as many as there are jobs, up to the GPUs free), dealt round-robin: each GPU
+gets its share of the sweep, and runs up to `jobs_per_gpu` of them at once. Ray still picks
+the GPU ids and sets each job's CUDA_VISIBLE_DEVICES.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+
+from gan_experiments.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Long enough for a cluster that has the resources to place the group; past it the sweep runs
+# without spreading rather than waiting for resources another sweep holds.
+PLACEMENT_TIMEOUT_S = 60
+
+
+def gpu_share(cluster_gpus: float, device: str, jobs_per_gpu: int) -> float:
+    """The GPU fraction each job asks Ray for: 1/jobs_per_gpu where the cluster has GPUs and the
+    run may train on one (`trainer.device` auto or cuda), else 0. Raises UserError for
+    jobs_per_gpu below 1."""
+    if jobs_per_gpu < 1:
+        raise UserError(f"jobs_per_gpu={jobs_per_gpu}: it is how many jobs share one GPU, at "
+                        f"least 1. Use jobs_per_gpu=1 for a GPU per job.")
+    if str(device) == "cpu" or cluster_gpus <= 0:
+        return 0.0
+    return 1.0 / jobs_per_gpu
+
+
+@dataclass
+class Spread:
+    """A placement group's bundles, one GPU each, the bundle of each job (round-robin), and
+    how many jobs run on one GPU at a time."""
+
+    bundles: list[dict]
+    job_bundle: list[int]
+    at_once: int
+
+
+def spread(n_jobs: int, share: float, gpus_free: float, cpus_free: float, cpus_per_job: float) -> Spread | None:
+    """The bundles that spread `n_jobs` jobs of `share` GPU each over the free GPUs, or None
+    where Ray's own placement already does (a whole GPU per job) or nothing can be spread (no
+    GPU share, one job, fewer than two GPUs free). A bundle holds one GPU and the CPUs of the
+    jobs that run on it at once, so the group never asks for more CPUs than are free: where CPUs
+    are short, fewer jobs run on each GPU at once, then fewer GPUs are used."""
+    if not 0 < share < 1 or n_jobs < 2:
+        return None
+    gpus = min(n_jobs, math.floor(gpus_free + 1e-9))
+    at_once = min(round(1 / share), math.ceil(n_jobs / max(gpus, 1)))  # jobs per GPU at a time
+    if cpus_per_job > 0:
+        at_once = max(1, min(at_once, math.floor(cpus_free / max(gpus, 1) / cpus_per_job)))
+        gpus = min(gpus, math.floor(cpus_free / (at_once * cpus_per_job)))
+    if gpus < 2:
+        return None
+    bundle = {"GPU": 1.0, **({"CPU": at_once * cpus_per_job} if cpus_per_job > 0 else {})}
+    return Spread([dict(bundle) for _ in range(gpus)], [i % gpus for i in range(n_jobs)], at_once)
+
+
+def job_options(remote: dict, config, n_jobs: int) -> tuple[list[dict], object | None]:
+    """`ray.remote` options for each of `n_jobs` jobs, from the launcher's `ray.remote` settings
+    and the sweep's config (`trainer.device`, `jobs_per_gpu`), and the placement group they use
+    (None without one). A `num_gpus` set in `hydra.launcher.ray.remote` is taken as it is."""
+    import ray
+
+    remote = dict(remote)
+    if remote.get("num_gpus") is None:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        remote["num_gpus"] = gpu_share(cluster_gpus, config.trainer.device, config.jobs_per_gpu)
+        log.info("Each job asks Ray for %g GPU (%g GPUs in the cluster, trainer.device=%s, "
+                 "jobs_per_gpu=%d).", remote["num_gpus"], cluster_gpus, config.trainer.device,
+                 config.jobs_per_gpu)
+    free = ray.available_resources()
+    plan = spread(n_jobs, remote["num_gpus"], free.get("GPU", 0), free.get("CPU", 0),
+                  remote.get("num_cpus", 1))
+    if plan is None:
+        return [remote] * n_jobs, None
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group(plan.bundles, strategy="PACK")
+    if not group.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+        remove_placement_group(group)
+        log.warning("Ray could not reserve %d GPUs for the sweep within %d s (another sweep holds "
+                    "them?); its jobs share GPUs as Ray places them.", len(plan.bundles),
+                    PLACEMENT_TIMEOUT_S)
+        return [remote] * n_jobs, None
+    log.info("%d jobs spread over %d GPUs, up to %d at once on each.", n_jobs, len(plan.bundles),
+             plan.at_once)
+    options = [{**remote, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+        group, placement_group_bundle_index=bundle)} for bundle in plan.job_bundle]
+    return options, group
+
+
+def launch(launcher, job_overrides, initial_job_idx: int):
+    """Hydra's Ray launcher's `launch` (hydra_ray_launcher._core), with `ray.remote` options of
+    each job's own (`job_options`): returns the jobs' JobReturns in order."""
+    from pathlib import Path
+
+    import ray
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import configure_log, filter_overrides, setup_globals
+    from hydra_plugins.hydra_ray_launcher._launcher_util import _run_job, start_ray
+    from omegaconf import OmegaConf, open_dict
+
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log.info("Ray Launcher is launching %d jobs, sweep output dir: %s", len(job_overrides), sweep_dir)
+    start_ray(launcher.ray_cfg.init)
+    remote = OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True) or {}
+    options, group = job_options(remote, launcher.config, len(job_overrides))
+    runs = []
+    try:
+        for offset, (overrides, option) in enumerate(zip(job_overrides, options, strict=True)):
+            idx = initial_job_idx + offset
+            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
+                launcher.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = f"job_id_for_{idx}"
+                sweep_config.hydra.job.num = idx
+            runs.append(ray.remote(**option)(_run_job).remote(
+                hydra_context=launcher.hydra_context, sweep_config=sweep_config,
+                task_function=launcher.task_function, singleton_state=Singleton.get_state()))
+        return [ray.get(run) for run in runs]
+    finally:
+        if group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(group)
