@@ -18,11 +18,11 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.tensorboard import SummaryWriter
 
 from gan_experiments import checkpoint
 from gan_experiments.data import check_batch_size
+from gan_experiments.ema import EMA
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import (
     RunPaths,
@@ -56,7 +56,7 @@ class GAN:
     opt_d: torch.optim.Optimizer
     sched_g: torch.optim.lr_scheduler.LRScheduler
     sched_d: torch.optim.lr_scheduler.LRScheduler
-    ema: AveragedModel | None
+    ema: EMA | None
     fixed_noise: torch.Tensor
     step: int = 0
 
@@ -166,7 +166,7 @@ def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
     opt_d = instantiate(cfg.optimizer.d)(discriminator.parameters())
     ema = None
     if cfg.trainer.ema_decay > 0:
-        ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.trainer.ema_decay), use_buffers=True)
+        ema = EMA(generator, cfg.trainer.ema_decay)
     # Its own generator, so the grid's noise does not depend on anything else the run draws.
     noise_rng = torch.Generator().manual_seed(cfg.seed)
     # A scatter needs many more points than a grid needs images to show the modes.

@@ -39,3 +39,56 @@ def test_compile_falls_back_to_eager_where_the_fused_optimizer_refuses_compiled_
     summary = train(tiny_cfg("trainer.compile=true", "trainer.compile_backend=size1_restriding", *strict), tmp_path)
     assert summary["status"] == "ok", summary.get("error")
     assert "torch.compile failed (RuntimeError: params and grads must have the same strides" in caplog.text
+
+
+class HostTraffic(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records each op that reads or writes a CPU tensor, or reads a device tensor's value on
+    the host (`.item()`, `bool()`: aten._local_scalar_dense)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if func is torch.ops.aten._local_scalar_dense.default or any(t.device.type == "cpu" for t in tensors):
+            self.ops.append(str(func))
+        return out
+
+
+def test_the_ema_update_never_waits_for_the_device():
+    """META DEVICE stands in for a GPU: every op of an EMA update must run on the model's device
+    and read nothing back. torch's AveragedModel compared and copied its CPU update counter at
+    every step (a host-device sync on CUDA)."""
+    from gan_experiments.ema import EMA
+
+    generator = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8)).to("meta")
+    ema = EMA(generator, 0.999)
+    with HostTraffic() as traffic:
+        for _ in range(3):
+            ema.update_parameters(generator)
+    assert traffic.ops == []
+
+
+def test_the_ema_equals_torchs_averaged_model_and_reads_its_checkpoints():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from gan_experiments.ema import EMA
+
+    torch.manual_seed(0)
+    generator = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    ours = EMA(generator, 0.9)
+    theirs = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.SGD(generator.parameters(), lr=0.1)
+    for _ in range(5):
+        generator(torch.randn(16, 4)).pow(2).mean().backward()
+        optimizer.step()
+        ours.update_parameters(generator)
+        theirs.update_parameters(generator)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    again = EMA(generator, 0.9)
+    again.load_state_dict(theirs.state_dict())
+    assert again.n_averaged == 5
