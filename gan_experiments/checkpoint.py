@@ -1,5 +1,5 @@
 """Checkpoints and small result files that survive a crash mid-write, and resume bit-for-bit
-on the same device."""
+on the same device (on CUDA with trainer.deterministic=true; README, "Resume")."""
 
 import json
 import math

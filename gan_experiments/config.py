@@ -234,6 +234,7 @@ class TrainerConfig:
     channels_last: bool = MISSING
     compile: bool = MISSING
     compile_backend: str = MISSING
+    deterministic: bool = MISSING  # deterministic kernels: bit-exact resume on CUDA
     progress: bool = MISSING  # bars on a terminal (never in a sweep's jobs)
 
 

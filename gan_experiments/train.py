@@ -7,6 +7,7 @@ status.json belong to `lifecycle`."""
 import copy
 import errno
 import logging
+import os
 import random
 import threading
 from collections.abc import Callable
@@ -152,6 +153,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def use_deterministic_kernels(on: bool) -> None:
+    """With `on`, torch picks deterministic kernels and raises on an op that has none, cuDNN does
+    not autotune, and cuBLAS gets the fixed workspace it needs for deterministic results
+    (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS starts; PyTorch's "Reproducibility" notes). Set
+    for every run, on or off: the jobs of a sequential sweep share one process."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def build_gan(cfg: DictConfig, data, device: torch.device) -> GAN:
@@ -340,6 +353,7 @@ def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> P
     not measure) raises UserError here, before the start writes anything."""
     progress = Progress(show_progress)
     seed_everything(cfg.seed)
+    use_deterministic_kernels(cfg.trainer.deterministic)
     with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):
         data = build(cfg.data, device=device)
     check_batch_size(data, cfg.trainer.batch_size)
