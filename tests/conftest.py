@@ -290,3 +290,24 @@ def _register_test_backends():
 
 
 _register_test_backends()
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory) -> Path:
+    """An Inception-v3 with random weights, saved in the layout torch-fidelity (and so
+    torchmetrics) loads from `feature_extractor_weights_path`: the real weights need a download."""
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    folder = tmp_path_factory.mktemp("inception")
+    torch.save({}, folder / "empty.pth")
+    keep = FeatureExtractorInceptionV3.load_state_dict
+    FeatureExtractorInceptionV3.load_state_dict = lambda self, state: None  # keep the random init
+    try:
+        torch.manual_seed(0)
+        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                            feature_extractor_weights_path=str(folder / "empty.pth"))
+    finally:
+        FeatureExtractorInceptionV3.load_state_dict = keep
+    torch.save(model.state_dict(), folder / "weights-inception-random.pth")
+    return folder / "weights-inception-random.pth"

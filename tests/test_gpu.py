@@ -146,3 +146,23 @@ def test_the_fast_paths_train_on_cuda(tmp_path, overrides, caplog):
     summary = train(_cuda_cfg("trainer.steps=20", "trainer.log_every=10", *overrides), tmp_path)
     assert summary["status"] == "ok", summary.get("error")
     assert all(torch.isfinite(torch.tensor(m["value"])) for m in summary["metrics"].values())
+
+
+@pytest.mark.slow
+def test_an_evaluation_at_50000_samples_holds_a_chunk_of_images_not_all_of_them(tmp_path):
+    """Peak resident memory of an evaluation (evaluator set-up and one call) at 50,000 generated
+    and 50,000 real 3x32x32 images, in a fresh process. All of them at once are 614 MB per set
+    in float32 (the old evaluator held both, and copies, on the device); in chunks of 500 the
+    evaluation holds 6 MB of images, 2 x 26 MB of features and the classifier's activations."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    for prepare in (["--prepare"], []):
+        result = subprocess.run([sys.executable, str(here / "eval_memory.py"), "50000", str(tmp_path), *prepare],
+                                capture_output=True, text=True, timeout=900,
+                                env={**os.environ, "PYTHONPATH": str(here)})
+        assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) < 400, result.stdout  # measured: 271 MB; 1,234 before

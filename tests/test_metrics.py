@@ -75,7 +75,7 @@ def test_classifier_fid_orders_real_noise(digits_classifier):
     real = data.to_signed_unit(digits.images)
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
     half_a, half_b = order[:898], order[898:]
-    metrics = classifier.ClassifierMetrics(model, real[half_a], digits.labels[half_a])
+    metrics = classifier.ClassifierMetrics(model, real[half_a].split(500), digits.labels[half_a], torch.device("cpu"))
     real_vs_real = metrics(real[half_b])
     real_vs_noise = metrics(torch.rand(len(half_b), 1, 16, 16) * 2 - 1)
     assert real_vs_real["fid_classifier"] * 10 < real_vs_noise["fid_classifier"]
@@ -195,3 +195,33 @@ def test_one_registry_says_which_way_each_metric_is_better():
             for i, (loss, v) in enumerate((("bce", 3), ("nonsat", 8)))]
     rows, _, _ = summarise(runs)
     assert [r.config for r in rows] == ["loss=nonsat", "loss=bce"]
+
+
+@pytest.mark.slow
+def test_inception_fid_and_kid_take_one_pass_and_equal_torchmetrics_own(random_inception_weights):
+    """One Inception pass per image feeds both metrics; the values equal torchmetrics' FID and
+    KID, each running its own Inception over the same images (random weights in the layout
+    torch-fidelity loads: the real ones need a download)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from gan_experiments.metrics.inception import InceptionMetrics, as_rgb_uint8
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = (torch.rand(40, 1, 16, 16, generator=generator) * 2 - 1 for _ in range(2))
+    ours = InceptionMetrics(random_inception_weights, real.split(16), torch.device("cpu"))
+    calls = []
+    ours.extractor.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    result = ours(fake)
+    assert sum(calls) == len(fake)  # each generated image through Inception once
+
+    extractor = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(random_inception_weights))
+    fid = FrechetInceptionDistance(feature=extractor)
+    kid = KernelInceptionDistance(feature=extractor, subset_size=40)
+    for metric in (fid, kid):
+        metric.update(as_rgb_uint8(real), real=True)
+        metric.update(as_rgb_uint8(fake), real=False)
+    torch.manual_seed(0)
+    theirs_kid = float(kid.compute()[0])
+    assert result["fid_inception"] == pytest.approx(float(fid.compute()), rel=1e-6)
+    assert result["kid_inception"] == pytest.approx(theirs_kid, rel=1e-5, abs=1e-9)

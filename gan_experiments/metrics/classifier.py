@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gan_experiments.metrics.features import ChunkedMetric, full_precision
 from gan_experiments.metrics.frechet import frechet_distance
 from gan_experiments.progress import Progress
 
@@ -41,7 +42,7 @@ def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
     digest = hashlib.sha256()
     for tensor in (images, labels):
         digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.cpu().contiguous().numpy())  # the buffer itself: no copy of the data
     return digest.hexdigest()[:16]
 
 
@@ -51,7 +52,7 @@ def weights_sha256(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.cpu().contiguous().numpy())  # the buffer itself: no copy of the data
     return digest.hexdigest()
 
 
@@ -132,24 +133,41 @@ def load_or_train(data, cache_dir: Path, steps: int, progress: Progress | None =
     return model, accuracy
 
 
-class ClassifierMetrics:
-    """Compares generated images with the real ones through the dataset's classifier."""
+class ClassifierMetrics(ChunkedMetric):
+    """Compares generated images with the real ones through the dataset's classifier, which runs
+    on `device` (fp32, no TF32). `real_chunks`: the real images in [-1, 1], (N, C, H, W), in
+    chunks; `real_labels` their classes. Metrics: `fid_classifier` (Fréchet distance of the
+    128-d features, Heusel et al. 2017 eq. 6), `class_coverage` (classes predicted at least
+    once), `class_kl` (KL of the predicted class histogram to the real one, nats)."""
 
-    def __init__(self, classifier: Classifier, real_images: torch.Tensor, real_labels: torch.Tensor):
-        self.classifier = classifier
-        self.real_features, _ = classifier.features_and_predictions(real_images.cpu())
+    def __init__(self, classifier: Classifier, real_chunks, real_labels: torch.Tensor, device: torch.device):
+        self.classifier, self.device = classifier.to(device), device
+        self.real_features = torch.cat([self._features(chunk)[0] for chunk in real_chunks])
         counts = torch.bincount(real_labels.cpu(), minlength=classifier.head.out_features).double()
         self.real_histogram = counts / counts.sum()
+        self.reset()
 
-    def __call__(self, fake_images: torch.Tensor) -> dict[str, float]:
-        features, predicted = self.classifier.features_and_predictions(fake_images.float().cpu())
-        counts = torch.bincount(predicted, minlength=len(self.real_histogram)).double()
-        p, q = counts / counts.sum(), self.real_histogram
+    def _features(self, images: torch.Tensor):
+        with full_precision():
+            features, predicted = self.classifier.features_and_predictions(images.to(self.device).float())
+        return features.cpu(), predicted.cpu()
+
+    def reset(self) -> None:
+        self.features: list[torch.Tensor] = []
+        self.counts = torch.zeros(len(self.real_histogram), dtype=torch.double)
+
+    def update(self, fake: torch.Tensor) -> None:
+        features, predicted = self._features(fake)
+        self.features.append(features)
+        self.counts += torch.bincount(predicted, minlength=len(self.counts))
+
+    def compute(self) -> dict[str, float]:
+        p, q = self.counts / self.counts.sum(), self.real_histogram
         present = p > 0
         # A class the real data lacks gets a floor probability, keeping the KL finite.
         class_kl = float((p[present] * (p[present] / q[present].clamp_min(1e-6)).log()).sum())
         return {
-            "fid_classifier": frechet_distance(self.real_features, features),
+            "fid_classifier": frechet_distance(self.real_features, torch.cat(self.features)),
             "class_coverage": int(present.sum()),
             "class_kl": class_kl,
         }

@@ -1,6 +1,7 @@
 """Chooses the metrics that fit the data and computes them for a generator."""
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -8,7 +9,8 @@ from omegaconf import DictConfig
 
 from gan_experiments.errors import UserError
 from gan_experiments.metrics import classifier, inception, registry
-from gan_experiments.metrics.modes import mode_metrics
+from gan_experiments.metrics.features import CHUNK
+from gan_experiments.metrics.modes import ModeMetrics
 from gan_experiments.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -69,18 +71,18 @@ class Evaluator:
     def _setup(self, cfg: DictConfig, data, device: torch.device) -> None:
         available = families(cfg, data)
         if "modes" in available:
-            self.metric_fns.append(lambda fake: mode_metrics(fake, data.centers, data.std))
+            self.metric_fns.append(ModeMetrics(data.centers, data.std))
             self._add("modes", extractor="none (2D points against the mixture's modes)",
                       weights_sha256=None, real=f"{data.name}: {len(data.centers)} modes, std {data.std:g}")
             return
-        real = self._real_images()
+        n_real = min(self.cfg.num_samples, len(data)) if hasattr(data, "images") else self.cfg.num_samples
         # The subset follows the run's seed, so seeds share the protocol, not the images.
-        real_split = f"{data.name}: {len(real)} of {len(data)} images, drawn with the run's seed"
+        real_split = f"{data.name}: {n_real} of {len(data)} images, drawn with the run's seed"
         if available["classifier"] is None:
             model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps,
                                                        self.progress)
             self.info["classifier_accuracy"] = accuracy
-            self.metric_fns.append(classifier.ClassifierMetrics(model, real, data.labels))
+            self.metric_fns.append(classifier.ClassifierMetrics(model, self._real_chunks(), data.labels, device))
             self._add("classifier", extractor=f"classifier CNN trained on {data.name} "
                       f"({classifier.FEATURES} features)", weights_sha256=classifier.weights_sha256(model),
                       real=real_split)
@@ -88,7 +90,7 @@ class Evaluator:
             log.info("Classifier metrics skipped: %s.", available["classifier"])
         if available["inception"] is None:
             weights = inception_weights(cfg)
-            self.metric_fns.append(inception.InceptionMetrics(weights, real, device))
+            self.metric_fns.append(inception.InceptionMetrics(weights, self._real_chunks(), device))
             self._add("inception", extractor="Inception-v3 pool3 (2048 features, torchmetrics)",
                       weights_sha256=classifier.file_sha256(weights), real=real_split)
         elif cfg.inception:
@@ -96,47 +98,58 @@ class Evaluator:
 
     def _add(self, family: str, extractor: str, weights_sha256: str | None, real: str) -> None:
         """Registers a metric function's names and how they are measured."""
-        how = {"extractor": extractor, "weights_sha256": weights_sha256,
+        how = {"extractor": extractor, "weights_sha256": weights_sha256, "device": self.device.type,
                "generated": self.cfg.num_samples, "real": real}
         for name in registry.names(family):
             self.names.append(name)
             self.measured[name] = how
 
-    def _real_images(self) -> torch.Tensor:
+    def _real_chunks(self) -> Iterator[torch.Tensor]:
+        """`eval.num_samples` real images in [-1, 1], CHUNK at a time: a random subset drawn
+        with the run's seed, or, from a streamed data set, batches from its loader."""
         from gan_experiments.data import to_signed_unit
 
         if hasattr(self.data, "images"):
             generator = torch.Generator().manual_seed(self.seed)
             index = torch.randperm(len(self.data), generator=generator)[: self.cfg.num_samples]
-            return to_signed_unit(self.data.images[index.to(self.data.images.device)])
-        batches, n = [], 0
-        while n < self.cfg.num_samples:  # a streamed dataset: draw batches from its loader
+            for part in index.split(CHUNK):
+                yield to_signed_unit(self.data.images[part.to(self.data.images.device)])
+            return
+        n = 0
+        while n < self.cfg.num_samples:
             # Batches no larger than the data: a streamed set smaller than num_samples still
             # gives num_samples real images, drawn over several epochs.
-            batches.append(self.data.sample(min(500, self.cfg.num_samples - n, len(self.data))))
-            n += len(batches[-1])
-        return torch.cat(batches)
+            batch = self.data.sample(min(CHUNK, self.cfg.num_samples - n, len(self.data)))
+            n += len(batch)
+            yield batch
 
     @property
     def enabled(self) -> bool:
         return bool(self.metric_fns)
 
     @torch.no_grad()
-    def generate(self, generator: torch.nn.Module) -> torch.Tensor:
-        """`num_samples` outputs from the same noise at every evaluation, drawn from a private
-        RNG so that evaluating does not change the training run."""
+    def generate(self, generator: torch.nn.Module) -> Iterator[torch.Tensor]:
+        """`eval.num_samples` outputs, CHUNK at a time, from the same noise at every evaluation,
+        drawn from a private RNG so that evaluating does not change the training run."""
         noise_rng = torch.Generator().manual_seed(self.seed + 1)
-        z = torch.randn(self.cfg.num_samples, self.latent_dim, generator=noise_rng).to(self.device)
+        z = torch.randn(self.cfg.num_samples, self.latent_dim, generator=noise_rng)
         was_training = generator.training
         generator.eval()
-        fake = torch.cat([generator(chunk) for chunk in z.split(500)])
-        generator.train(was_training)
-        return fake
+        try:
+            for chunk in z.split(CHUNK):
+                yield generator(chunk.to(self.device))
+        finally:
+            generator.train(was_training)
 
     def __call__(self, generator: torch.nn.Module) -> dict[str, float]:
+        """Every metric of the run for `generator`; memory: one chunk of samples at a time."""
         with torch.random.fork_rng(devices=self._cuda()):  # KID draws random subsets
-            fake = self.generate(generator)
+            for fn in self.metric_fns:
+                fn.reset()
+            for chunk in self.generate(generator):
+                for fn in self.metric_fns:
+                    fn.update(chunk)
             results: dict[str, float] = {}
             for fn in self.metric_fns:
-                results.update(fn(fake))
+                results.update(fn.compute())
         return results

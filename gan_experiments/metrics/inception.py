@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from gan_experiments.metrics.features import ChunkedMetric, full_precision
+
 log = logging.getLogger(__name__)
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 
@@ -25,32 +27,56 @@ def unavailable_reason(weights: Path) -> str | None:
     return None
 
 
-class InceptionMetrics:
-    """FID and KID of generated images against `real_images` (both in [-1, 1])."""
+class PrecomputedFeatures(torch.nn.Module):
+    """The "feature extractor" handed to torchmetrics' FID and KID: the features are already
+    computed, once per image, by the one Inception network."""
 
-    def __init__(self, weights: Path, real_images: torch.Tensor, device: torch.device):
+    num_features = 2048
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class InceptionMetrics(ChunkedMetric):
+    """`fid_inception` (Heusel et al. 2017) and `kid_inception` (Bińkowski et al. 2018, mean
+    over subsets of up to 1,000) of generated images against the real ones, both in [-1, 1]
+    (N, C, H, W), through torchmetrics. Inception-v3's pool3 features are computed once per
+    image on `device` (fp32, no TF32) and shared by both metrics. `real_chunks`: the real images
+    in chunks."""
+
+    BATCH = 100  # Inception's input is 299x299: 100 images of it at a time
+
+    def __init__(self, weights: Path, real_chunks, device: torch.device):
         from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        extractor = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights))
-        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False).to(device)
-        self.kid_subset = min(1000, len(real_images))
-        self.kid = KernelInceptionDistance(feature=extractor, reset_real_features=False,
-                                           subset_size=self.kid_subset).to(device)
         self.device = device
-        for batch in real_images.split(100):
-            uint8 = as_rgb_uint8(batch.to(device))
-            self.fid.update(uint8, real=True)
-            self.kid.update(uint8, real=True)
+        self.extractor = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights)).to(device)
+        real = [self._features(chunk) for chunk in real_chunks]
+        n_real = sum(len(f) for f in real)
+        self.fid = FrechetInceptionDistance(feature=PrecomputedFeatures(), reset_real_features=False).to(device)
+        self.kid = KernelInceptionDistance(feature=PrecomputedFeatures(), reset_real_features=False,
+                                           subset_size=min(1000, n_real)).to(device)
+        for features in real:
+            self.fid.update(features, real=True)
+            self.kid.update(features, real=True)
 
     @torch.no_grad()
-    def __call__(self, fake_images: torch.Tensor) -> dict[str, float]:
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        with full_precision():
+            return torch.cat([self.extractor(as_rgb_uint8(batch.to(self.device)))
+                              for batch in images.split(self.BATCH)])
+
+    def reset(self) -> None:
         self.fid.reset()  # keeps the real features (reset_real_features=False)
         self.kid.reset()
-        for batch in fake_images.split(100):
-            uint8 = as_rgb_uint8(batch.to(self.device))
-            self.fid.update(uint8, real=False)
-            self.kid.update(uint8, real=False)
+
+    def update(self, fake: torch.Tensor) -> None:
+        features = self._features(fake)
+        self.fid.update(features, real=False)
+        self.kid.update(features, real=False)
+
+    def compute(self) -> dict[str, float]:
         kid_mean, _ = self.kid.compute()
         return {"fid_inception": float(self.fid.compute()), "kid_inception": float(kid_mean)}
 
