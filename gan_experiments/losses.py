@@ -65,13 +65,16 @@ def wasserstein_generator(fake_logits):
 # One signature, (discriminator, real, fake, *, pack, grad_scale, weight), so conf/loss/penalty
 # chooses one like any other loss. Each returns `weight` times its penalty, a scalar to add to
 # D's loss. D judges packs of `pack` consecutive samples (PacGAN), so the gradient norms are
-# taken per pack. `grad_scale`: with fp16 the loss is scaled before the input gradient and the
-# gradient unscaled after it (PyTorch's AMP recipe for gradient penalties); 1 otherwise.
+# taken per pack. PyTorch's AMP recipe for gradient penalties: `discriminator` runs its forward
+# under autocast where the run uses it, while the penalty calls torch.autograd.grad outside
+# autocast; `grad_scale`: with fp16 the output is scaled before the input gradient and the
+# gradient unscaled after it, so fp16 does not underflow it; 1 otherwise.
 
 
 def _input_gradient(outputs, inputs, grad_scale):
-    """d(sum outputs)/d(inputs), kept in the graph for D's backward."""
-    (grad,) = torch.autograd.grad(outputs.sum() * grad_scale, inputs, create_graph=True)
+    """d(sum outputs)/d(inputs), kept in the graph for D's backward. The sum is taken in fp32:
+    in fp16, 64 logits times a loss scale of 2^16 overflow."""
+    (grad,) = torch.autograd.grad(outputs.float().sum() * grad_scale, inputs, create_graph=True)
     return grad / grad_scale
 
 

@@ -208,9 +208,10 @@ def maybe_compile(gan: GAN, losses: Losses, autocast: Callable, cfg: DictConfig,
                 real = torch.randn_like(fake)
                 if cfg.trainer.channels_last and real.dim() == 4:  # as train_step feeds D
                     real = real.contiguous(memory_format=torch.channels_last)
-                penalty = losses.gradient_penalty(probe_d, real, fake.detach(), torch.ones((), device=device))
-                loss = probe_d(fake).float().sum() + probe_d(real).float().sum() + penalty
-            loss.backward()
+                loss = probe_d(fake).float().sum() + probe_d(real).float().sum()
+            penalty = losses.gradient_penalty(under(autocast, probe_d), real, fake.detach(),
+                                              torch.ones((), device=device))
+            (loss + penalty).backward()
             # And the optimizers' step: CUDA's fused Adam refuses gradients whose strides
             # differ from their weights' in size-1 dimensions, as Inductor's can
             # (pytorch/pytorch#126585).
@@ -256,15 +257,17 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
         # so only they keep G's graph.
         with torch.set_grad_enabled(d_step == tc.d_steps - 1), autocast():
             fake = G(torch.randn(batch, latent, device=real.device))
-        # Penalty gradients are taken on the scaled loss and unscaled, as in PyTorch's AMP
-        # recipe for gradient penalties, so fp16 does not underflow them (1 without fp16).
+        # The penalty's input gradient is taken on the scaled output and unscaled (1 without
+        # fp16), outside autocast: PyTorch's AMP recipe for gradient penalties.
         grad_scale = scaler_d.scale(torch.ones((), device=real.device))
         with autocast():
             fake_seen = noisy(fake.detach())  # the penalty interpolates towards these same fakes
             real_logits, fake_logits = D(real), D(fake_seen)
             d_loss = losses.discriminator(real_logits, fake_logits)
-            penalty = losses.gradient_penalty(D, real, fake_seen, grad_scale)
-        penalty_finite &= torch.isfinite(penalty)
+        penalty = losses.gradient_penalty(under(autocast, D), real, fake_seen, grad_scale)
+        # With fp16, a non-finite penalty is an overflow that the scaler skips and backs off
+        # from, until the scale is down to 1: then the penalty itself has diverged.
+        penalty_finite &= torch.isfinite(penalty) | (grad_scale > 1)
         gan.opt_d.zero_grad(set_to_none=True)
         scaler_d.scale(d_loss + penalty).backward()
         if measure:
@@ -290,15 +293,21 @@ def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
     if gan.ema is not None:
         gan.ema.update_parameters(G)
     gan.step += 1
-    finite = torch.isfinite(d_loss) & torch.isfinite(g_loss)
-    if not scaler_d.is_enabled():  # with fp16, an overflowing penalty is a step the scaler skips
-        finite &= penalty_finite
+    finite = torch.isfinite(d_loss) & torch.isfinite(g_loss) & penalty_finite
     stats.update({
         "loss/D": d_loss.detach(), "loss/G": g_loss.detach(), "loss/penalty": penalty.detach(),
         "D/real": torch.sigmoid(real_logits.detach().float()).mean(),
         "D/fake": torch.sigmoid(fake_logits.detach().float()).mean(),
     })
     return stats, finite
+
+
+def under(autocast: Callable, module: torch.nn.Module) -> Callable:
+    """`module`'s forward under `autocast`, for a penalty that differentiates it outside."""
+    def forward(x):
+        with autocast():
+            return module(x)
+    return forward
 
 
 def _autocast_factory(device: torch.device, precision: str):

@@ -166,3 +166,29 @@ def test_an_evaluation_at_50000_samples_holds_a_chunk_of_images_not_all_of_them(
                                 env={**os.environ, "PYTHONPATH": str(here)})
         assert result.returncode == 0, result.stderr
     assert float(result.stdout.split()[-1]) < 400, result.stdout  # measured: 271 MB; 1,234 before
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_the_penalty_differentiates_outside_autocast(tmp_path, monkeypatch, precision):
+    """PyTorch's AMP recipe for gradient penalties: only D's forward runs under autocast, never
+    torch.autograd.grad (autocast on the CPU stands in for CUDA's)."""
+    grad, inside = torch.autograd.grad, []
+
+    def recording(*args, **kwargs):
+        inside.append(torch.is_autocast_enabled("cpu"))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", recording)
+    summary = train(tiny_cfg("loss=wgan_gp", f"trainer.precision={precision}", "trainer.steps=2", "eval.every=0"),
+                    tmp_path)
+    assert summary["status"] == "ok" and inside and not any(inside)
+
+
+def test_a_diverged_penalty_is_flagged_under_fp16(tmp_path):
+    """fp16 on the CPU stands in for CUDA's: a penalty that stays NaN used to be skipped by the
+    loss scaler at every step, the run ending `ok`; once the scale is down to 1 it has
+    diverged."""
+    summary = train(tiny_cfg("trainer.precision=fp16", "loss/penalty=r1", "loss.penalty.weight=1",
+                             "loss.penalty._target_=conftest.nan_penalty", "trainer.steps=40",
+                             "trainer.log_every=5", "trainer.checkpoint_every=40", "eval.every=0"), tmp_path)
+    assert summary["status"] == "diverged" and summary["step"] < 40
