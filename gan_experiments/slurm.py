@@ -29,10 +29,10 @@ from gan_experiments.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# What fixes a refusal, by a phrase of sbatch's message.
+# What fixes a refusal, by a phrase of sbatch's message. A "gres" refusal has two causes
+# (`gres_fix`).
 FIXES = {
-    "gres": "the partition has no GPUs: add trainer.device=cpu (the launcher then asks for no "
-            "GPU) or hydra.launcher.gpus_per_node=0",
+    "gres": "",
     "invalid partition": "choose a partition that exists (`sinfo -s` lists them): "
                          "hydra.launcher.partition=<name>",
     "node configuration is not available": "ask for no more than a node has (`sinfo -N -l`): "
@@ -44,14 +44,69 @@ FIXES = {
 }
 
 
-def refusal(message: str) -> str:
-    """The paragraph for a submission that sbatch refused."""
+NO_GPUS = ("the partition has no GPUs: add trainer.device=cpu (the launcher then asks for no "
+           "GPU) or hydra.launcher.gpus_per_node=0")
+CONS_RES = ("this cluster's scheduler (SelectType=select/cons_res) takes GPUs as generic "
+            "resources, not --gpus-per-node: add hydra.launcher.gpus_per_node=null "
+            "hydra.launcher.gres=gpu:1")
+
+
+def refusal(message: str, select_type: str | None = None) -> str:
+    """The paragraph for a submission that sbatch refused. `select_type`: the cluster's
+    SelectType (`scheduler()`), which tells the two causes of a "gres" refusal apart: only
+    select/cons_tres takes --gpus-per-node, so on select/cons_res every GPU request made that
+    way is refused, while on cons_tres it is the partition that has no GPUs."""
     message = " ".join(message.split())
     fix = next((fix for phrase, fix in FIXES.items() if phrase in message.lower()),
                "check the launcher's settings (python -m gan_experiments hydra/launcher=slurm "
                "--cfg hydra -p hydra.launcher) against the partition (`sinfo -s`)")
+    if "gres" in message.lower():
+        fix = CONS_RES if select_type == "select/cons_res" else NO_GPUS
     return (f"SLURM refused the sweep's jobs, so nothing was submitted: {message.rstrip('.')}. "
             f"To fix it, {fix}.")
+
+
+def _ask(*command: str) -> str | None:
+    """What a SLURM client prints, or None where it is missing or fails."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def scheduler() -> str | None:
+    """The cluster's SelectType (select/cons_tres, select/cons_res, ...), or None."""
+    shown = _ask("scontrol", "show", "config") or ""
+    return next((line.split("=", 1)[1].strip() for line in shown.splitlines()
+                 if line.split("=", 1)[0].strip() == "SelectType"), None)
+
+
+def gpus_per_job(device: str, partition: str | None) -> int:
+    """GPUs a job asks SLURM for: 1 for trainer.device=cuda, 0 for cpu, and for auto 1 where the
+    partition (or the default one) lists a GPU among its generic resources (`sinfo`'s GRES),
+    0 where it lists none. Off a SLURM host (no sinfo), auto asks for one: sbatch will say."""
+    device = str(device)
+    if device != "auto":
+        return 0 if device == "cpu" else 1
+    shown = _ask("sinfo", "--noheader", "--format=%P %G", *(["--partition", partition] if partition else []))
+    if shown is None:
+        return 1
+    rows = [line.split(maxsplit=1) for line in shown.splitlines() if line.strip()]
+    chosen = [gres for name, *gres in rows if partition or name.endswith("*")]
+    return int(any("gpu" in " ".join(gres) for gres in chosen))
+
+
+def check_gpu_sharing(jobs_per_gpu: int) -> None:
+    """SLURM gives a job whole GPUs: jobs_per_gpu > 1 cannot be honoured there. Raises
+    SystemExit with the paragraph that says so, before anything is submitted."""
+    if jobs_per_gpu > 1:
+        paragraph = UserError(
+            f"jobs_per_gpu={jobs_per_gpu}, but SLURM gives each job whole GPUs, so the jobs "
+            f"cannot share one. Nothing was submitted. Drop jobs_per_gpu (each job then gets a "
+            f"GPU of its own), or run the sweep on a Ray cluster of the nodes "
+            f"(hydra/launcher=parallel hydra.launcher.ray.init.address=auto), where jobs_per_gpu "
+            f"packs them.")
+        raise SystemExit(f"\nError: {paragraph}\n")
 
 
 def quiet_sacct() -> None:
@@ -88,18 +143,19 @@ def restarts() -> int | None:
     return int(field.split("=", 1)[1]) if field else None
 
 
-def launch(submit):
+def launch(submit, jobs_per_gpu: int):
     """Runs `submit()` (the submission of a sweep's jobs), with sacct's warning said once and
     a refused submission said as one paragraph."""
     from submitit.core.utils import FailedJobError
 
+    check_gpu_sharing(jobs_per_gpu)
     quiet_sacct()
     try:
         return submit()
     except FailedJobError as error:
         if "sbatch" not in str(error):  # a job that failed on its node: submitit's own report
             raise
-        message = refusal(str(error))
+        message = refusal(str(error), scheduler())
     except FileNotFoundError as error:  # no sbatch here
         message = (f"{error.filename} is not on this machine: submit from a SLURM login node, "
                    f"or run the sweep here with hydra/launcher=parallel.")

@@ -13,6 +13,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from gan_experiments import slurm
 from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_status
 from gan_experiments.stop import MARKER, restore_signals, stop_sweep_on_signals, sweep_stopped
 
@@ -76,10 +77,9 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver(
         "ray_object_store", lambda address: 78_643_200 if address in (None, "local") else None,
         replace=True)
-    # A SLURM job asks for a GPU unless the run is set to train on the CPU: a CPU partition
-    # refuses any GPU request.
-    OmegaConf.register_new_resolver(
-        "slurm_gpus", lambda device: 0 if str(device) == "cpu" else 1, replace=True)
+    # A SLURM job asks for a GPU where it may train on one: a CPU partition refuses any GPU
+    # request.
+    OmegaConf.register_new_resolver("slurm_gpus", slurm.gpus_per_job, replace=True)
 
 
 def override_key(override: str) -> str:

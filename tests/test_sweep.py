@@ -454,5 +454,20 @@ def test_a_refused_submission_is_one_paragraph_with_its_fix():
                     "Invalid generic resource (gres) specification. To fix it, the partition has "
                     "no GPUs: add trainer.device=cpu (the launcher then asks for no GPU) or "
                     "hydra.launcher.gpus_per_node=0.")
+    # select/cons_res takes no --gpus-per-node: a "gres" refusal there is the request's form.
+    cons_res = refusal("sbatch: error: Invalid generic resource (gres) specification\n", "select/cons_res")
+    assert "hydra.launcher.gpus_per_node=null hydra.launcher.gres=gpu:1" in cons_res
+    assert "has no GPUs" not in cons_res
     assert "hydra.launcher.partition=<name>" in refusal("sbatch: error: invalid partition specified: gpu")
     assert "sinfo -s" in refusal("sbatch: error: something new")
+
+
+@pytest.mark.slow
+def test_jobs_per_gpu_on_slurm_is_refused_before_anything_is_submitted(tmp_path):
+    """SLURM gives jobs whole GPUs: jobs_per_gpu=4 used to be ignored there, silently."""
+    sweep_dir = tmp_path / "sweep"
+    result = sweep("hydra/launcher=slurm", "jobs_per_gpu=4", "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
+                   cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "jobs_per_gpu=4, but SLURM gives each job whole GPUs" in result.stderr
+    assert not list(sweep_dir.glob("*/status.json")) and not (sweep_dir / ".submitit").exists()

@@ -12,7 +12,8 @@ class SlurmLauncher(Submitit):
     def launch(self, job_overrides, initial_job_idx):
         from gan_experiments import slurm
 
-        return slurm.launch(lambda: Submitit.launch(self, job_overrides, initial_job_idx))
+        return slurm.launch(lambda: Submitit.launch(self, job_overrides, initial_job_idx),
+                            self.config.jobs_per_gpu)
 
     def __call__(self, *args, **kwargs):
         """One job, on its node (submitit calls this there, and again after a requeue)."""
