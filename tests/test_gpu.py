@@ -192,3 +192,40 @@ def test_a_diverged_penalty_is_flagged_under_fp16(tmp_path):
                              "loss.penalty._target_=conftest.nan_penalty", "trainer.steps=40",
                              "trainer.log_every=5", "trainer.checkpoint_every=40", "eval.every=0"), tmp_path)
     assert summary["status"] == "diverged" and summary["step"] < 40
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_jobs_per_gpu_runs_four_processes_on_one_gpu_at_once(tmp_path):
+    """REAL GPU. A local Ray sweep of 4 jobs at jobs_per_gpu=4 on a 1-GPU machine: nvidia-smi
+    must list the 4 job processes on the GPU at the same time."""
+    import subprocess
+    import sys
+    import time
+
+    from test_sweep import _nest
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    from conftest import TINY, TINY_MODEL
+
+    preset = tmp_path / "my_conf" / "experiment" / "tiny_ring.yaml"
+    preset.parent.mkdir(parents=True)
+    preset.write_text(_nest([*TINY, *TINY_MODEL["mlp"]]))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "gan_experiments", "-m", "--config-dir", str(tmp_path / "my_conf"),
+         "+experiment=tiny_ring", "seed=range(4)", "jobs_per_gpu=4", "trainer.device=cuda",
+         "trainer.steps=3000", "trainer.sample_every=100000", "trainer.checkpoint_every=100000",
+         "eval.every=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    most = 0
+    while driver.poll() is None:
+        shown = subprocess.run(["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                               capture_output=True, text=True).stdout
+        most = max(most, len({line.strip() for line in shown.splitlines() if line.strip()}))
+        time.sleep(0.5)
+    output = driver.communicate()[0]
+    assert driver.returncode == 0, output[-3000:]
+    assert "4 jobs: 4 ok" in output
+    assert most == 4, f"at most {most} processes on the GPU at once"
