@@ -154,11 +154,20 @@ def recorded_config(paths: RunPaths, saved: dict | None) -> dict | None:
     """The resolved config the folder's run was started with: its checkpoint's, else the one
     written into .hydra/ when it started (a run that failed before its first checkpoint)."""
     if saved is not None:
-        return _with_penalty_option(saved["config"])
+        return _as_today(saved["config"])
     try:
-        return _with_penalty_option(yaml.safe_load(paths.config.read_text()))
+        return _as_today(yaml.safe_load(paths.config.read_text()))
     except (OSError, yaml.YAMLError):
         return None
+
+
+def _as_today(config: dict | None) -> dict | None:
+    """A recorded config in today's keys. Runs recorded before trainer.deterministic existed ran
+    without deterministic kernels: trainer.deterministic=false."""
+    config = _with_penalty_option(config)
+    if isinstance((config or {}).get("trainer"), dict):
+        config["trainer"].setdefault("deterministic", False)
+    return config
 
 
 # Runs recorded before the gradient penalty was a loss/penalty option say `loss.penalty: <name>`

@@ -10,7 +10,8 @@ whole GPUs free; so 9 jobs at a quarter of a GPU each would share GPUs 0-2 and l
 five idle. With `jobs_per_gpu` > 1 the jobs therefore go through a placement group of one
 bundle per GPU (as many as there are jobs, up to the GPUs free), dealt round-robin: each GPU
 gets its share of the sweep, and runs up to `jobs_per_gpu` of them at once. Ray still picks
-the GPU ids and sets each job's CUDA_VISIBLE_DEVICES.
+the GPU ids and sets each job's CUDA_VISIBLE_DEVICES. The price of dealing: a job waits for its
+own GPU even when another has room, which costs time where jobs differ much in length.
 """
 
 import logging
@@ -57,7 +58,7 @@ def spread(n_jobs: int, share: float, gpus_free: float, cpus_free: float, cpus_p
     if not 0 < share < 1 or n_jobs < 2:
         return None
     gpus = min(n_jobs, math.floor(gpus_free + 1e-9))
-    at_once = min(round(1 / share), math.ceil(n_jobs / max(gpus, 1)))  # jobs per GPU at a time
+    at_once = min(math.floor(1 / share + 1e-9), math.ceil(n_jobs / max(gpus, 1)))  # per GPU at a time
     if cpus_per_job > 0:
         at_once = max(1, min(at_once, math.floor(cpus_free / max(gpus, 1) / cpus_per_job)))
         gpus = min(gpus, math.floor(cpus_free / (at_once * cpus_per_job)))
@@ -67,24 +68,37 @@ def spread(n_jobs: int, share: float, gpus_free: float, cpus_free: float, cpus_p
     return Spread([dict(bundle) for _ in range(gpus)], [i % gpus for i in range(n_jobs)], at_once)
 
 
-def job_options(remote: dict, config, n_jobs: int) -> tuple[list[dict], object | None]:
-    """`ray.remote` options for each of `n_jobs` jobs, from the launcher's `ray.remote` settings
-    and the sweep's config (`trainer.device`, `jobs_per_gpu`), and the placement group they use
-    (None without one). A `num_gpus` set in `hydra.launcher.ray.remote` is taken as it is."""
+# `ray.remote` options that ask for resources a GPU bundle does not hold: a job asking for them
+# could never run inside one, so such a sweep is not spread.
+OTHER_RESOURCES = ("memory", "resources", "accelerator_type", "object_store_memory", "label_selector")
+
+
+def job_options(remote: dict, configs: list) -> tuple[list[dict], object | None]:
+    """`ray.remote` options for each job, from the launcher's `ray.remote` settings and the
+    job's own config (`trainer.device`, `jobs_per_gpu`: either may be swept), and the placement
+    group that spreads them (None without one). A `num_gpus` set in `hydra.launcher.ray.remote`
+    is taken as it is. Only jobs of one fractional share are spread; a sweep mixing shares
+    leaves placement to Ray."""
     import ray
 
-    remote = dict(remote)
-    if remote.get("num_gpus") is None:
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
-        remote["num_gpus"] = gpu_share(cluster_gpus, config.trainer.device, config.jobs_per_gpu)
-        log.info("Each job asks Ray for %g GPU (%g GPUs in the cluster, trainer.device=%s, "
-                 "jobs_per_gpu=%d).", remote["num_gpus"], cluster_gpus, config.trainer.device,
-                 config.jobs_per_gpu)
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    options = []
+    for config in configs:
+        share = remote.get("num_gpus")
+        if share is None:
+            share = gpu_share(cluster_gpus, config.trainer.device, config.jobs_per_gpu)
+        options.append({**remote, "num_gpus": share})
+    shares = sorted({o["num_gpus"] for o in options})
+    log.info("Each job asks Ray for %s GPU (%g GPUs in the cluster).", " or ".join(f"{g:g}" for g in shares),
+             cluster_gpus)
+    fractional = [i for i, o in enumerate(options) if 0 < o["num_gpus"] < 1]
+    if len({options[i]["num_gpus"] for i in fractional}) != 1 or any(key in remote for key in OTHER_RESOURCES):
+        return options, None
     free = ray.available_resources()
-    plan = spread(n_jobs, remote["num_gpus"], free.get("GPU", 0), free.get("CPU", 0),
-                  remote.get("num_cpus", 1))
+    plan = spread(len(fractional), options[fractional[0]]["num_gpus"], free.get("GPU", 0),
+                  free.get("CPU", 0), remote.get("num_cpus", 1))
     if plan is None:
-        return [remote] * n_jobs, None
+        return options, None
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -94,11 +108,12 @@ def job_options(remote: dict, config, n_jobs: int) -> tuple[list[dict], object |
         log.warning("Ray could not reserve %d GPUs for the sweep within %d s (another sweep holds "
                     "them?); its jobs share GPUs as Ray places them.", len(plan.bundles),
                     PLACEMENT_TIMEOUT_S)
-        return [remote] * n_jobs, None
-    log.info("%d jobs spread over %d GPUs, up to %d at once on each.", n_jobs, len(plan.bundles),
-             plan.at_once)
-    options = [{**remote, "scheduling_strategy": PlacementGroupSchedulingStrategy(
-        group, placement_group_bundle_index=bundle)} for bundle in plan.job_bundle]
+        return options, None
+    log.info("%d jobs spread over %d GPUs, up to %d at once on each.", len(fractional),
+             len(plan.bundles), plan.at_once)
+    for job, bundle in zip(fractional, plan.job_bundle, strict=True):
+        options[job]["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=bundle)
     return options, group
 
 
@@ -120,20 +135,24 @@ def launch(launcher, job_overrides, initial_job_idx: int):
     log.info("Ray Launcher is launching %d jobs, sweep output dir: %s", len(job_overrides), sweep_dir)
     start_ray(launcher.ray_cfg.init)
     remote = OmegaConf.to_container(launcher.ray_cfg.remote, resolve=True) or {}
-    options, group = job_options(remote, launcher.config, len(job_overrides))
-    runs = []
+    configs = []
+    for offset, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + offset
+        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"job_id_for_{idx}"
+            sweep_config.hydra.job.num = idx
+        configs.append(sweep_config)
     try:
-        for offset, (overrides, option) in enumerate(zip(job_overrides, options, strict=True)):
-            idx = initial_job_idx + offset
-            log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-            sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
-                launcher.config, list(overrides))
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = f"job_id_for_{idx}"
-                sweep_config.hydra.job.num = idx
-            runs.append(ray.remote(**option)(_run_job).remote(
-                hydra_context=launcher.hydra_context, sweep_config=sweep_config,
-                task_function=launcher.task_function, singleton_state=Singleton.get_state()))
+        options, group = job_options(remote, configs)
+    except UserError as error:  # before any job starts: one paragraph, as a refused start
+        raise SystemExit(f"\nError: {error} No job was started.\n") from None
+    try:
+        runs = [ray.remote(**option)(_run_job).remote(
+            hydra_context=launcher.hydra_context, sweep_config=config,
+            task_function=launcher.task_function, singleton_state=Singleton.get_state())
+            for config, option in zip(configs, options, strict=True)]
         return [ray.get(run) for run in runs]
     finally:
         if group is not None:

@@ -29,10 +29,8 @@ from gan_experiments.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# What fixes a refusal, by a phrase of sbatch's message. A "gres" refusal has two causes
-# (`gres_fix`).
+# What fixes a refusal, by a phrase of sbatch's message (a "gres" refusal: `refusal`).
 FIXES = {
-    "gres": "",
     "invalid partition": "choose a partition that exists (`sinfo -s` lists them): "
                          "hydra.launcher.partition=<name>",
     "node configuration is not available": "ask for no more than a node has (`sinfo -N -l`): "
@@ -57,11 +55,12 @@ def refusal(message: str, select_type: str | None = None) -> str:
     select/cons_tres takes --gpus-per-node, so on select/cons_res every GPU request made that
     way is refused, while on cons_tres it is the partition that has no GPUs."""
     message = " ".join(message.split())
-    fix = next((fix for phrase, fix in FIXES.items() if phrase in message.lower()),
-               "check the launcher's settings (python -m gan_experiments hydra/launcher=slurm "
-               "--cfg hydra -p hydra.launcher) against the partition (`sinfo -s`)")
     if "gres" in message.lower():
         fix = CONS_RES if select_type == "select/cons_res" else NO_GPUS
+    else:
+        fix = next((fix for phrase, fix in FIXES.items() if phrase in message.lower()),
+                   "check the launcher's settings (python -m gan_experiments hydra/launcher=slurm "
+                   "--cfg hydra -p hydra.launcher) against the partition (`sinfo -s`)")
     return (f"SLURM refused the sweep's jobs, so nothing was submitted: {message.rstrip('.')}. "
             f"To fix it, {fix}.")
 

@@ -110,13 +110,13 @@ def _cuda_cfg(*overrides):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("model", ["dcgan", "mlp"])
-def test_resume_on_cuda_is_bit_exact_with_deterministic_kernels(tmp_path, model):
+@pytest.mark.parametrize("model,loss", [("dcgan", "nonsat"), ("mlp", "nonsat"), ("dcgan", "wgan_gp")])
+def test_resume_on_cuda_is_bit_exact_with_deterministic_kernels(tmp_path, model, loss):
     """REAL GPU. The README's promise on CUDA: with trainer.deterministic=true, 2 steps, a
     checkpoint and 2 more equal 4 steps in one go, bit for bit."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    common = ["trainer.deterministic=true", "trainer.checkpoint_every=2", "eval.every=0"]
+    common = [f"loss={loss}", "trainer.deterministic=true", "trainer.checkpoint_every=2", "eval.every=0"]
     whole = train(tiny_cfg("trainer.device=cuda", "trainer.steps=4", *common, model=model), tmp_path / "whole")
     train(tiny_cfg("trainer.device=cuda", "trainer.steps=2", *common, model=model), tmp_path / "split")
     resumed = train(tiny_cfg("trainer.device=cuda", "trainer.steps=4", "resume=true", *common, model=model),
@@ -138,9 +138,9 @@ def test_resume_on_cuda_is_bit_exact_with_deterministic_kernels(tmp_path, model)
     ["trainer.channels_last=true", "optimizer.g.fused=true", "optimizer.d.fused=true"],
     ["trainer.compile=true", "optimizer.g.fused=true", "optimizer.d.fused=true"],
 ], ids=["bf16", "fp16", "fp16_penalty", "channels_last_fused_adam", "compile_fused_adam"])
-def test_the_fast_paths_train_on_cuda(tmp_path, overrides, caplog):
-    """REAL GPU. Each fast path trains to `ok` with finite losses; compile either compiles or
-    says why it fell back to eager, never fails the run."""
+def test_the_fast_paths_train_on_cuda(tmp_path, overrides):
+    """REAL GPU. Each fast path trains to `ok` with finite losses; compile never fails the run
+    (it compiles, or falls back to eager with a warning)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     summary = train(_cuda_cfg("trainer.steps=20", "trainer.log_every=10", *overrides), tmp_path)
@@ -197,13 +197,14 @@ def test_a_diverged_penalty_is_flagged_under_fp16(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_jobs_per_gpu_runs_four_processes_on_one_gpu_at_once(tmp_path):
-    """REAL GPU. A local Ray sweep of 4 jobs at jobs_per_gpu=4 on a 1-GPU machine: nvidia-smi
-    must list the 4 job processes on the GPU at the same time."""
+    """REAL GPU. A local Ray sweep of 4 jobs at jobs_per_gpu=4 on a 1-GPU machine: the 4 jobs
+    get GPU 0 and train at the same time; nvidia-smi, where it sees this container's processes,
+    lists the 4 of them on the GPU at once."""
     import subprocess
     import sys
     import time
 
-    from test_sweep import _nest
+    from test_sweep import _nest, jobs_by_gpu
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
@@ -227,5 +228,7 @@ def test_jobs_per_gpu_runs_four_processes_on_one_gpu_at_once(tmp_path):
         time.sleep(0.5)
     output = driver.communicate()[0]
     assert driver.returncode == 0, output[-3000:]
-    assert "4 jobs: 4 ok" in output
-    assert most == 4, f"at most {most} processes on the GPU at once"
+    (spans,) = jobs_by_gpu(tmp_path / "sweep").values()
+    assert len(spans) == 4 and max(s for s, _ in spans) < min(e for _, e in spans)  # all at once
+    print(f"nvidia-smi listed at most {most} processes at once")
+    assert most in (0, 4), f"nvidia-smi listed at most {most} processes on the GPU at once"

@@ -222,3 +222,14 @@ def test_a_full_disk_ends_in_one_paragraph_with_a_loadable_checkpoint(tmp_path, 
     state = checkpoint.load(run / "checkpoints" / "last.pt")  # the last good one still loads
     assert state["gan"]["step"] == kept > 0
     assert not list(run.rglob("*.tmp*"))  # no half-written temporary file
+
+
+def test_a_run_recorded_before_trainer_deterministic_existed_resumes(tmp_path):
+    """Its checkpoint and .hydra/config.yaml lack the key: it ran without deterministic kernels,
+    the same config as today's default, not another one."""
+    train(tiny_cfg("trainer.steps=2"), tmp_path)
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    del state["config"]["trainer"]["deterministic"]
+    torch.save(state, path)
+    assert train(tiny_cfg("trainer.steps=4", "resume=true"), tmp_path)["status"] == "ok"
