@@ -54,20 +54,25 @@ def _safe_part(name: str, limit: int = 150) -> str:
     return f"{name[: limit - 9]}~{digest}"
 
 
-def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int, all_overrides: str = "") -> str:
+# Paths name no folder (and a changed one is refused at the start, so they never tell two
+# jobs of one sweep folder apart).
+PATH_KEYS = ("data.root", "data.path")
+
+
+def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int) -> str:
     """A job's folder, named by what differs between the sweep's jobs (`seed=1`,
     `loss=smooth,seed=1`): TensorBoard's run selector cuts long names, and the constant
     overrides stay in multirun.yaml. Optuna's trials differ in every searched value, so they
-    are numbered (`trial=7`) and their values go to the run's hparams. `all_overrides` is
-    Hydra's override_dirname, the name when nothing varies."""
+    are numbered (`trial=7`) and their values go to the run's hparams. When nothing varies (or
+    multirun.yaml is out of reach), every override names it, less those in RESULT_NEUTRAL and
+    PATH_KEYS, sorted, as Hydra's override_dirname would."""
     if "optuna" in str(sweeper):
         return f"trial={job_num}"
     swept = swept_keys(sweep_dir)
     pairs = sorted(o.split("=", 1) for o in overrides if "=" in o)
     named = [f"{override_key(key)}={value}" for key, value in pairs if override_key(key) in swept]
-    # Nothing varies (or multirun.yaml is out of reach): Hydra's override_dirname, which leaves
-    # out the keys that do not change what is computed (resume, device, data paths).
-    return _safe_part(",".join(named) or all_overrides)
+    every = sorted(o for o in overrides if override_key(o) not in RESULT_NEUTRAL + PATH_KEYS)
+    return _safe_part(",".join(named) or ",".join(every))
 
 
 def register_resolvers() -> None:

@@ -151,11 +151,13 @@ def test_job_dirnames_name_what_varies_in_one_safe_path_part(tmp_path):
     basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     job = ["+experiment=x", "loss=smooth", "data.root=/mnt/d", "x=1", "seed=1", "model.pack=2"]
     assert job_dirname(job, str(tmp_path), basic, 3) == "loss=smooth,seed=1,x=1"
-    none = str(tmp_path / "none")  # no multirun.yaml: Hydra's override_dirname names the job
-    assert job_dirname(["a=1", "resume=true"], none, basic, 0, "a=1") == "a=1"
-    assert "/" not in job_dirname(["data.root=/mnt/data"], none, basic, 0, "data.root=/mnt/data")
-    long_a = job_dirname([], none, basic, 0, "x=" + "a" * 300)
-    long_b = job_dirname([], none, basic, 0, "x=" + "a" * 299 + "b")
+    none = str(tmp_path / "none")  # no multirun.yaml: every override names the job
+    # less the result-neutral keys (lifecycle.RESULT_NEUTRAL) and paths
+    assert job_dirname(["b=2", "+a=1", "resume=true", "trainer.log_every=5", "cpus_per_job=2"],
+                       none, basic, 0) == "+a=1,b=2"
+    assert job_dirname(["data.root=/mnt/data", "seed=3"], none, basic, 0) == "seed=3"
+    long_a = job_dirname(["x=" + "a" * 300], none, basic, 0)
+    long_b = job_dirname(["x=" + "a" * 299 + "b"], none, basic, 0)
     assert len(long_a) == 150 and long_a != long_b
     (tmp_path / "globbed").mkdir()  # glob() and interval() sweeps cannot be listed: they vary
     (tmp_path / "globbed" / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
