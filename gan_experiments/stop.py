@@ -1,5 +1,6 @@
 """Stopping a run on request (SIGTERM from a scheduler, SIGINT from Ctrl-C, SIGUSR2 that
-submitit asks SLURM to send before a job's time limit or at preemption).
+submitit asks SLURM to send before a job's time limit or at preemption, SIGHUP when the
+terminal or SSH session that started it closes).
 
 While the run sets up (loading data, training the evaluation classifier) there is nothing to
 checkpoint, so the first signal stops it at once. Once it trains, the first signal asks the loop
@@ -12,7 +13,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGHUP)
 
 
 # Set by any stop signal in this process. A sweep whose jobs run in this process (Hydra's basic
@@ -76,6 +77,19 @@ class StopNow(BaseException):
         self.signal_name = signal_name
 
 
+def leave_the_terminal() -> None:
+    """After SIGHUP the terminal is gone, and a write to it (a progress bar, a log line) fails
+    with EIO: output that went to it goes nowhere from now on, as under nohup. The run's log
+    file keeps every line."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            if os.isatty(fd):
+                os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class StopRequest(threading.Event):
     """Set by the first signal once training runs; `setting_up` until then. `count`: the
     signals taken, which the sweep-stop watcher compares with its marker's lines."""
@@ -89,6 +103,8 @@ class StopRequest(threading.Event):
 
     def handle(self, signum, frame) -> None:
         STOPPED.set()
+        if signum == signal.SIGHUP:
+            leave_the_terminal()
         if self.closing:
             return
         self.count += 1
@@ -102,7 +118,7 @@ class StopRequest(threading.Event):
 
 @contextmanager
 def stop_requests(sweep_dir: Path | None = None):
-    """A StopRequest that SIGTERM, SIGINT and SIGUSR2 drive while the block runs (main thread only: a
+    """A StopRequest that SIGTERM, SIGINT, SIGUSR2 and SIGHUP drive while the block runs (main thread only: a
     run started from another thread leaves the process's signals alone). For a job of a sweep
     (`sweep_dir`), a stop of the sweep counts as a signal: one made before the block stops it at
     once, and each one made during it (a line of the sweep's marker) is a SIGTERM to this process."""

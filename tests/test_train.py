@@ -207,14 +207,17 @@ def test_a_job_of_a_stopped_sweep_stops_as_soon_as_it_takes_the_signals(tmp_path
     assert not (tmp_path / "job").exists()  # never started: a rerun starts it afresh
 
 
-def test_sigusr2_before_a_time_limit_checkpoints_and_is_recorded(tmp_path):
+@pytest.mark.parametrize("name", ["SIGUSR2", "SIGHUP"])
+def test_sigusr2_and_sighup_checkpoint_and_are_recorded(tmp_path, name):
     """submitit's SIGUSR2 (sent before a SLURM time limit) stops a run like SIGTERM, and the
-    status says which signal it was: the SLURM launcher requeues on it."""
+    status says which signal it was: the SLURM launcher requeues on it. So does SIGHUP, when
+    the terminal or SSH session closes: it used to kill the run at once, without a checkpoint,
+    leaving status.json `running`."""
     cfg = tiny_cfg("trainer.steps=50", "trainer.checkpoint_every=100", "eval.every=0",
                    "loss.generator._target_=conftest.SignalAfter", "loss.generator._partial_=false",
-                   "+loss.generator.calls=5", "+loss.generator.signal=SIGUSR2")
+                   "+loss.generator.calls=5", f"+loss.generator.signal={name}")
     summary = train(cfg, tmp_path)
-    assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGUSR2"
+    assert summary["status"] == "interrupted" and summary["stopped_by"] == name
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["gan"]
     assert saved["step"] == summary["step"] == 5  # stopped after the step the signal came in
 
