@@ -45,13 +45,15 @@ def swept_keys(sweep_dir: str | Path) -> set[str]:
 
 
 def _safe_part(name: str, limit: int = 150) -> str:
-    """One path part: no slashes from path values, and long names cut with a hash that keeps
-    them unique."""
+    """One path part: no slashes from path values, and names over `limit` bytes of UTF-8 (file
+    systems allow 255 bytes, however few characters that is) cut with a hash that keeps them
+    unique."""
     name = name.replace("/", "|") or "defaults"
-    if len(name) <= limit:
+    encoded = name.encode()
+    if len(encoded) <= limit:
         return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name[: limit - 9]}~{digest}"
+    digest = hashlib.sha1(encoded).hexdigest()[:8]
+    return f"{encoded[: limit - 9].decode(errors='ignore')}~{digest}"
 
 
 # Paths name no folder (and a changed one is refused at the start, so they never tell two

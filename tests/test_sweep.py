@@ -159,6 +159,14 @@ def test_job_dirnames_name_what_varies_in_one_safe_path_part(tmp_path):
     long_a = job_dirname(["x=" + "a" * 300], none, basic, 0)
     long_b = job_dirname(["x=" + "a" * 299 + "b"], none, basic, 0)
     assert len(long_a) == 150 and long_a != long_b
+    # 79 CJK characters of a swept data path are 237 bytes: the cut counts bytes, as file
+    # systems do (a 107-character name of 267 bytes was refused by the file system)
+    (tmp_path / "cjk").mkdir()
+    (tmp_path / "cjk" / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "overrides": {"task": ["data.path='/a','/数据/" + "数" * 79 + "'"]}, "sweeper": {"_target_": basic}}},
+        allow_unicode=True))
+    cjk = job_dirname(["data.path=/数据/" + "数" * 79, "seed=0"], str(tmp_path / "cjk"), basic, 0)
+    assert len(cjk.encode()) <= 150 and cjk.startswith("data.path=")
     (tmp_path / "globbed").mkdir()  # glob() and interval() sweeps cannot be listed: they vary
     (tmp_path / "globbed" / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
         "overrides": {"task": ["loss=glob(*)"]}, "sweeper": {"_target_": basic}}}))
