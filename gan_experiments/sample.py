@@ -19,6 +19,18 @@ from gan_experiments.train import build
 
 
 def load_generator(run_dir: Path, ema: bool = False) -> torch.nn.Module:
+    """The generator of the run in `run_dir` (its EMA generator with `ema`), from its checkpoint,
+    in eval mode. Raises UserError for a folder without a checkpoint, naming the run folders
+    below it where it holds a sweep."""
+    if not RunPaths(run_dir).checkpoint.is_file():
+        runs = sorted(p.parents[1] for p in Path(run_dir).glob("*/checkpoints/last.pt"))
+        if runs:
+            raise UserError(f"{run_dir} holds a sweep, not one run: sample from one of its "
+                            f"runs, e.g. python -m gan_experiments.sample {runs[0]} (runs: "
+                            f"{', '.join(r.name for r in runs)}).")
+        raise UserError(f"There is no checkpoint at {RunPaths(run_dir).checkpoint}: point at a "
+                        f"run's folder (outputs/runs/<run>, or a sweep's outputs/sweeps/<sweep>/<job>) "
+                        f"that has trained to its first checkpoint.")
     state = checkpoint.load(RunPaths(run_dir).checkpoint, "cpu")
     cfg = OmegaConf.create(state["config"])
     generator, _ = build(cfg.model, data_shape=tuple(state["data_shape"]), is_image=state["is_image"])
@@ -40,10 +52,21 @@ def draw(generator: torch.nn.Module, n: int, seed: int) -> torch.Tensor:
     return torch.cat([generator(chunk) for chunk in z.split(500)])
 
 
+def positive(text: str) -> int:
+    """argparse's type for a count: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of samples: give a whole number of at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gan_experiments.sample", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("-n", "--num", type=int, default=64, help="number of samples (64)")
+    parser.add_argument("-n", "--num", type=positive, default=64, help="number of samples (64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", action="store_true", help="use the EMA generator")
     out = parser.add_mutually_exclusive_group()

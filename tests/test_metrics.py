@@ -225,3 +225,19 @@ def test_inception_fid_and_kid_take_one_pass_and_equal_torchmetrics_own(random_i
     theirs_kid = float(kid.compute()[0])
     assert result["fid_inception"] == pytest.approx(float(fid.compute()), rel=1e-6)
     assert result["kid_inception"] == pytest.approx(theirs_kid, rel=1e-5, abs=1e-9)
+
+
+def test_the_sampler_names_a_sweeps_runs_and_refuses_a_bad_count(tmp_path, capsys):
+    """Pointed at a sweep's folder it spoke of resume=true and hydra.run.dir, which the user
+    never passed; `-n -3` gave a raw traceback."""
+    train(tiny_cfg("trainer.steps=2"), tmp_path / "sweep" / "seed=0")
+    with pytest.raises(SystemExit) as refused:
+        sample.main([str(tmp_path / "sweep")])
+    said = str(refused.value)
+    assert "holds a sweep" in said and "seed=0" in said and "resume" not in said
+    with pytest.raises(SystemExit) as refused:
+        sample.main([str(tmp_path / "nothing")])
+    assert "no checkpoint" in str(refused.value) and "resume" not in str(refused.value)
+    with pytest.raises(SystemExit):
+        sample.main([str(tmp_path / "sweep" / "seed=0"), "-n", "-3"])
+    assert "-3 is not a number of samples" in capsys.readouterr().err
