@@ -67,19 +67,22 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job = f"[job {hydra_cfg.job.num}] {run_dir.name}" if multirun else str(run_dir)
     swept: set[str] = set()
+    # Absolute, for with hydra.job.chdir=true a job runs in its own folder: the stop marker
+    # and multirun.yaml are the sweep's, not the job's.
+    sweep_dir = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir) if multirun else None
     if multirun:
-        if sweep_stopped(hydra_cfg.sweep.dir):
+        if sweep_stopped(sweep_dir):
             print(f"{job}: not started: the sweep was stopped", flush=True)
             return None
         if hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
             # The jobs run one after another in the driver: a signal between two of them stops
             # the sweep. (Other launchers run a job in a process of its own, whose signals
             # belong to the run: submitit's SLURM job must requeue on its time limit alone.)
-            stop_sweep_on_signals(hydra_cfg.sweep.dir)
+            stop_sweep_on_signals(sweep_dir)
         quiet_console()
         optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
         swept = ({o.split("=", 1)[0] for o in hydra_cfg.overrides.task} if optuna
-                 else swept_keys(hydra_cfg.sweep.dir))
+                 else swept_keys(sweep_dir))
     try:
         with claim(run_dir):
             # A sweep run again continues its jobs; a single run does so with resume=true.
@@ -97,7 +100,7 @@ def main(cfg: DictConfig) -> float | None:
                 print(f"{job}: {'resuming' if start.kind == 'resume' else 'started'}", flush=True)
             summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept),
                             on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg), start=start,
-                            sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None)
+                            sweep_dir=sweep_dir)
     except StartRefused as error:  # nothing was written: the run dir is as it was
         if multirun:
             print(f"{job}: start refused: {error}", flush=True)

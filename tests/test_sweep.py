@@ -481,3 +481,24 @@ def test_jobs_per_gpu_on_slurm_is_refused_before_anything_is_submitted(tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert "jobs_per_gpu=4, but SLURM gives each job whole GPUs" in result.stderr
     assert not list(sweep_dir.glob("*/status.json")) and not (sweep_dir / ".submitit").exists()
+
+
+@pytest.mark.slow
+def test_with_hydra_job_chdir_a_job_still_finds_its_sweeps_stop_and_swept_keys(tmp_path):
+    """hydra.job.chdir=true runs each job in its own folder: a relative sweep dir made each job
+    look for the stop marker and multirun.yaml there, so it trained on to `ok` after a stop and
+    lost seed's leading place in the HPARAMS tab."""
+    sweep_dir = tmp_path / "sweep"
+    stop_at = ["loss.generator._target_=conftest.SweepStopAt", "loss.generator._partial_=false",
+               "+loss.generator.calls=3", f"+loss.generator.marker={sweep_dir}/.stopped",
+               "+loss.generator.direct=false", "+loss.generator.seconds=0.6"]
+    result = sweep("hydra/launcher=basic", "hydra.job.chdir=true", "seed=0,1", "hydra.sweep.dir=sweep",
+                   *stop_at, "trainer.steps=60", "trainer.checkpoint_every=1000", "eval.every=0", cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert result.returncode == 0, result.stderr
+    table = status_table(sweep_dir)
+    assert [row["status"] for row in table.values()] == ["interrupted"], table
+    assert "seed=1: not started: the sweep was stopped" in result.stdout
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        read_events(sweep_dir / "seed=0").PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    assert [h.name for h in experiment.hparam_infos if h.differs][0] == "seed"
