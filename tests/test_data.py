@@ -122,6 +122,24 @@ def test_mnist_5k_reads_the_csv_format_and_caches_it(tmp_path):
     assert batch.min() >= -1 and batch.max() <= 1
 
 
+@pytest.mark.parametrize("cell,said", [("nan", "nan is not a pixel value"), ("300", "300 is not a pixel value"),
+                                       ("inf", "inf is not a pixel value")])
+def test_mnist_5k_refuses_a_cell_that_is_no_pixel_naming_its_row_and_column(tmp_path, cell, said):
+    """A NaN cell passed the range check (NaN fails every comparison), became pixel 0, was
+    cached, and the run ended ok."""
+    write_digits_csv(tmp_path / "digits.csv.gz")
+    with gzip.open(tmp_path / "digits.csv.gz", "rt") as f:
+        rows = f.read().splitlines()
+    cells = rows[4].split(",")
+    cells[99] = cell
+    rows[4] = ",".join(cells)
+    with gzip.open(tmp_path / "digits.csv.gz", "wt") as f:
+        f.write("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=f"row 5, column 100: {said}"):
+        from_conf("data=mnist_5k", path=tmp_path / "digits.csv.gz", cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*"))  # nothing wrong reached the cache
+
+
 def test_mnist_5k_rejects_a_file_of_another_format(tmp_path):
     (tmp_path / "bad.csv").write_text("1,2,3\n4,5,6\n")
     with pytest.raises(UserError, match="expects 784 pixels"):
