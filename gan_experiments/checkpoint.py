@@ -151,6 +151,21 @@ def rng_state(device: torch.device) -> dict:
     }
 
 
+def arithmetic(device: torch.device) -> dict:
+    """What a run's numbers depend on beyond its config and seed: the device, the torch build,
+    and the CPU thread count (convolutions sum in another order on another number of threads).
+    A resume on other arithmetic is the same experiment, but no longer bit-exact."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+def arithmetic_changes(saved: dict | None, now: dict) -> list[str]:
+    """'what: saved -> now' for each way `now` differs from the arithmetic a checkpoint saved."""
+    return [f"{key}: {saved[key]} -> {now[key]}" for key in now
+            if saved and key in saved and saved[key] != now[key]]
+
+
 def set_rng_state(state: dict, device: torch.device) -> None:
     """Restores `rng_state`'s generators; the saved CUDA state goes to `device`, the GPU this
     leg trains on, whichever index it had when it was saved. A run saved on the CPU and resumed

@@ -379,12 +379,18 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, s
     fp16 = config["trainer"]["precision"] == "fp16"
     scalers = (torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16))
     saved = saved or {}
+    status.origin["arithmetic"] = checkpoint.arithmetic(device)  # recorded with the run's status
     if saved:
         gan.load_state_dict(saved["gan"])
         for scaler, state in zip(scalers, saved.get("scalers") or (), strict=False):
             scaler.load_state_dict(state)  # fp16 resumes with the loss scale it had reached
         checkpoint.set_rng_state(saved["rng"], device)
         log.info("Resumed %s at step %d.", run_dir, gan.step)
+        changes = checkpoint.arithmetic_changes(saved.get("arithmetic"), status.origin["arithmetic"])
+        if changes:
+            status.origin["resumed_on_other_arithmetic"] = changes
+            log.warning("Resumed on other arithmetic (%s): the run continues as the same experiment, "
+                        "but is no longer bit-exact with an uninterrupted one.", "; ".join(changes))
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)
     status.objective = parts.objective
     autocast = _autocast_factory(device, str(config["trainer"]["precision"]))
@@ -415,6 +421,7 @@ def save_checkpoint(s: Session) -> None:
         "data_shape": s.data.shape, "is_image": s.data.is_image,
         "scalers": [scaler.state_dict() for scaler in s.scalers], "noise_horizon": s.noise_horizon,
         "last": s.last, "last_step": s.last_step, "metrics": s.metrics,
+        "arithmetic": checkpoint.arithmetic(s.gan.device),
     })
 
 

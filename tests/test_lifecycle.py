@@ -233,3 +233,21 @@ def test_a_run_recorded_before_trainer_deterministic_existed_resumes(tmp_path):
     del state["config"]["trainer"]["deterministic"]
     torch.save(state, path)
     assert train(tiny_cfg("trainer.steps=4", "resume=true"), tmp_path)["status"] == "ok"
+
+
+def test_a_resume_on_another_thread_count_says_it_is_no_longer_bit_exact(tmp_path, caplog):
+    """The thread count and device are recorded with the run; a resume on another thread count
+    continues (cpus_per_job is result-neutral) but says, in the log and in status.json, that it
+    is no longer bit-exact: it used to end at another value silently."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(tiny_cfg("trainer.steps=2"), tmp_path)
+        assert json.loads((tmp_path / "status.json").read_text())["arithmetic"]["threads"] == 1
+        torch.set_num_threads(2)
+        summary = train(tiny_cfg("trainer.steps=4", "resume=true"), tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["status"] == "ok"
+    assert summary["resumed_on_other_arithmetic"] == ["threads: 1 -> 2"]
+    assert "no longer bit-exact" in caplog.text
