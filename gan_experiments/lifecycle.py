@@ -8,6 +8,7 @@ only `RunStatus` writes it.
 import json
 import os
 import socket
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import yaml
 from filelock import FileLock, Timeout
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
@@ -246,6 +249,38 @@ def decide_start(run_dir: Path, config: dict, rerun: bool = False) -> Start:
     if finished and (status["status"] == "diverged" or config["trainer"]["steps"] == reached):
         return Start("skip", status=status)
     return Start("resume", saved=saved) if saved is not None else Start("fresh")
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Raises StartRefused, naming `key` (the setting that moves the folder), where `folder`
+    cannot be created or written: a read-only file system, no permission, an unwritable HOME.
+    Creates the folder where it can."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise StartRefused(f"{key}={folder} cannot be written ({error.strerror or error}). Point "
+                           f"{key} at a folder you can write.") from None
+
+
+class CheckOutputFolder(Callback):
+    """Before Hydra creates the run's (or the sweep's) folder: one that cannot be written is one
+    paragraph naming hydra.run.dir (hydra.sweep.dir), not Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, key: str) -> None:
+        try:
+            check_writable(Path(folder), key)
+        except StartRefused as error:
+            raise SystemExit(f"\nError: {error} Nothing was written.\n") from None
 
 
 def _now() -> str:

@@ -34,7 +34,7 @@ from gan_experiments.lifecycle import (
     decide_start,
 )
 from gan_experiments.losses import no_penalty
-from gan_experiments.metrics.evaluator import Evaluator, resolve_objective
+from gan_experiments.metrics.evaluator import Evaluator, check_cache_dir, resolve_objective
 from gan_experiments.models import check_batch_norm, check_pack
 from gan_experiments.progress import Progress
 from gan_experiments.stop import StopNow, stop_requests
@@ -366,6 +366,7 @@ def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> P
     with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):
         data = build(cfg.data, device=device)
     check_batch_size(data, cfg.trainer.batch_size)
+    check_cache_dir(cfg.eval, data)
     return Parts(progress, data, build_gan(cfg, data, device), make_losses(cfg),
                  resolve_objective(cfg.eval, data))
 

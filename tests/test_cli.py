@@ -55,6 +55,9 @@ def test_misspelt_key_in_a_users_yaml_fails_at_composition(tmp_path):
     (["trainer.steps=0"], "trainer.steps must be at least 1"),
     (["trainer.batch_size=1"], "Raise trainer.batch_size"),  # DCGAN's BatchNorm over one example
     (["loss.penalty.weight=1"], "loss/penalty=r1"),
+    # sysfs refuses a new folder even to root: an unwritable cache, where the classifier must be
+    # trained, was found at step 0 with the classifier's work lost
+    (["eval.cache_dir=/sys/gan_experiments_cache"], "Point eval.cache_dir at a folder you can write"),
 ])
 @pytest.mark.slow
 def test_bad_input_gets_one_paragraph_not_a_traceback(tmp_path, args, expected):
@@ -71,6 +74,19 @@ def test_bad_input_gets_one_paragraph_not_a_traceback(tmp_path, args, expected):
     assert "\n" not in paragraph
     assert "Nothing was written" in result.stderr
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", [["hydra.run.dir=/sys/gan_experiments_run"],
+                                   ["-m", "hydra/launcher=basic", "hydra.sweep.dir=/sys/gan_experiments_sweep"]],
+                         ids=["run", "sweep"])
+def test_an_output_folder_that_cannot_be_written_is_one_paragraph(tmp_path, where):
+    """A read-only place (sysfs, even to root) for the run or the sweep: Hydra's raw OSError
+    traceback, before any code of ours ran."""
+    result = run_cli(*where, *FAST, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    key = where[-1].split("=")[0]
+    assert f"{key}=/sys/gan_experiments_" in result.stderr and f"Point {key} at a folder you can write" in result.stderr
 
 
 @pytest.mark.slow

@@ -112,12 +112,18 @@ def shipped_path(key: str) -> Path | None:
     return path
 
 
+def locate(data, cache_dir: Path, steps: int) -> tuple[Path | None, Path]:
+    """Where the dataset's classifier is (shipped with the package, or cached; None where it must
+    be trained), and where a trained one is cached."""
+    key = f"{data.name}-{fingerprint(data.images, data.labels)}-s{steps}"
+    path = Path(cache_dir).expanduser() / f"classifier-{key}.pt"
+    return shipped_path(key) or (path if path.is_file() else None), path
+
+
 def load_or_train(data, cache_dir: Path, steps: int, progress: Progress | None = None):
     """The dataset's classifier: shipped with the package, else from `cache_dir`, else trained
     and cached on first use. Returns (model in eval mode, held-out accuracy)."""
-    key = f"{data.name}-{fingerprint(data.images, data.labels)}-s{steps}"
-    path = Path(cache_dir).expanduser() / f"classifier-{key}.pt"
-    found = shipped_path(key) or (path if path.is_file() else None)
+    found, path = locate(data, cache_dir, steps)
     if found is not None:
         saved = torch.load(found, map_location="cpu", weights_only=True)
         model = Classifier(saved["channels"], saved["num_classes"])

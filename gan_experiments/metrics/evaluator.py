@@ -8,6 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from gan_experiments.errors import UserError
+from gan_experiments.lifecycle import check_writable
 from gan_experiments.metrics import classifier, inception, registry
 from gan_experiments.metrics.features import CHUNK
 from gan_experiments.metrics.modes import ModeMetrics
@@ -30,6 +31,15 @@ def families(cfg: DictConfig, data) -> dict[str, str | None]:
         why_not_classifier = None
     why_not_inception = inception.unavailable_reason(inception_weights(cfg)) if cfg.inception else "eval.inception=false"
     return {"classifier": why_not_classifier, "inception": why_not_inception}
+
+
+def check_cache_dir(cfg: DictConfig, data) -> None:
+    """Before the start: where the evaluation classifier must be trained, eval.cache_dir must be
+    writable, or the trained classifier is lost at step 0 (raises StartRefused naming it)."""
+    if "classifier" in (available := families(cfg, data)) and available["classifier"] is None:
+        found, path = classifier.locate(data, Path(cfg.cache_dir), cfg.classifier_steps)
+        if found is None:
+            check_writable(path.parent, "eval.cache_dir")
 
 
 def inception_weights(cfg: DictConfig) -> Path:
