@@ -67,9 +67,9 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     job = f"[job {hydra_cfg.job.num}] {run_dir.name}" if multirun else str(run_dir)
     swept: set[str] = set()
-    # Absolute, for with hydra.job.chdir=true a job runs in its own folder: the stop marker
-    # and multirun.yaml are the sweep's, not the job's.
-    sweep_dir = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir) if multirun else None
+    # A job's folder is one part below its sweep's (sweep.job_dirname), and absolute: with
+    # hydra.job.chdir=true a job runs in it, and a relative hydra.sweep.dir would be the job's.
+    sweep_dir = run_dir.parent if multirun else None
     if multirun:
         if sweep_stopped(sweep_dir):
             print(f"{job}: not started: the sweep was stopped", flush=True)

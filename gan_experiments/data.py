@@ -181,15 +181,15 @@ def _parse_digits_csv(path: Path, side: int = 28) -> tuple[torch.Tensor, torch.T
     # Every cell is checked, NaN included (it fails every comparison, and would become pixel 0).
     pixels, labels = table[:, :-1], table[:, -1]
     bad = ~np.isfinite(table)
-    bad[:, :-1] |= (pixels < 0) | (pixels > 255)
+    bad[:, :-1] |= (pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))
     bad[:, -1] |= (labels < 0) | (labels != np.round(labels))
     if bad.any():
         row, column = np.argwhere(bad)[0]
-        what = "a label (a whole number, 0 or more)" if column == side * side else "a pixel value in 0..255"
+        what = "a label (a whole number, 0 or more)" if column == side * side else "a pixel value (0..255, whole)"
         raise UserError(
             f"{path}, row {row + 1}, column {column + 1}: {table[row, column]:g} is not {what}; "
             f"{int(bad.any(axis=1).sum())} rows have such cells. data=mnist_5k expects "
-            f"{side * side} pixels in 0..255 and a label per row: fix those rows, or point "
+            f"{side * side} whole pixel values in 0..255 and a label per row: fix those rows, or point "
             f"data.path at another file. Nothing was cached."
         )
     images = torch.from_numpy(table[:, :-1]).reshape(-1, 1, side, side).to(torch.uint8)

@@ -255,7 +255,7 @@ def check_writable(folder: Path, key: str) -> None:
     """Raises StartRefused, naming `key` (the setting that moves the folder), where `folder`
     cannot be created or written: a read-only file system, no permission, an unwritable HOME.
     Creates the folder where it can."""
-    folder = Path(folder).expanduser()
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -301,6 +301,8 @@ class RunStatus:
             before = read_status(run_dir)
             self.origin["first_started"] = before.get("first_started") or before.get("started")
             self.origin["resumed_from_step"] = resumed_from
+            if before.get("resumed_on_other_arithmetic"):  # once not bit-exact, never again
+                self.origin["resumed_on_other_arithmetic"] = before["resumed_on_other_arithmetic"]
 
     def _write(self, status: str, step: int, **fields) -> dict:
         assert status in STATUSES, status

@@ -4,6 +4,7 @@ Writes a PNG grid, a folder of N single images (e.g. to augment a small dataset,
 suggests), or an .npz of raw samples in [-1, 1] (the only choice for 2D point data)."""
 
 import argparse
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def load_generator(run_dir: Path, ema: bool = False) -> torch.nn.Module:
         runs = sorted(p.parents[1] for p in Path(run_dir).glob("*/checkpoints/last.pt"))
         if runs:
             raise UserError(f"{run_dir} holds a sweep, not one run: sample from one of its "
-                            f"runs, e.g. python -m gan_experiments.sample {runs[0]} (runs: "
+                            f"runs, e.g. python -m gan_experiments.sample {shlex.quote(str(runs[0]))} (runs: "
                             f"{', '.join(r.name for r in runs)}).")
         raise UserError(f"There is no checkpoint at {RunPaths(run_dir).checkpoint}: point at a "
                         f"run's folder (outputs/runs/<run>, or a sweep's outputs/sweeps/<sweep>/<job>) "

@@ -51,12 +51,16 @@ def stop_sweep_on_signals(sweep_dir: Path) -> None:
     the Ray launcher's driver (for the whole sweep; call it after ray.init, which installs a
     SIGTERM handler that exits). Ray blocks SIGINT in its own processes, so a Ctrl-C in the
     terminal leaves them running."""
+    terminal = terminal_fds()
+
     def stop_sweep(signum, frame):
         STOPPED.set()
+        if signum == signal.SIGHUP:
+            leave_the_terminal(terminal)
         _mark_stop(sweep_dir, signal.Signals(signum).name)
 
     if threading.current_thread() is threading.main_thread():
-        for sig in SIGNALS:
+        for sig in taken_signals():
             _DRIVER_HANDLERS.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, stop_sweep)
 
@@ -77,17 +81,27 @@ class StopNow(BaseException):
         self.signal_name = signal_name
 
 
-def leave_the_terminal() -> None:
+def terminal_fds() -> list[int]:
+    """Which of stdout and stderr are a terminal, asked while it is there: once it hangs up,
+    isatty() says no."""
+    return [fd for fd in (1, 2) if os.isatty(fd)]
+
+
+def leave_the_terminal(fds: list[int]) -> None:
     """After SIGHUP the terminal is gone, and a write to it (a progress bar, a log line) fails
-    with EIO: output that went to it goes nowhere from now on, as under nohup. The run's log
-    file keeps every line."""
+    with EIO: output that went to it (`fds`) goes nowhere from now on, as under nohup. The
+    run's log file keeps every line."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        for fd in (1, 2):
-            if os.isatty(fd):
-                os.dup2(devnull, fd)
+        for fd in fds:
+            os.dup2(devnull, fd)
     finally:
         os.close(devnull)
+
+
+def taken_signals() -> list[signal.Signals]:
+    """SIGNALS, less SIGHUP where it is ignored: a run started under nohup outlives its terminal."""
+    return [sig for sig in SIGNALS if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN]
 
 
 class StopRequest(threading.Event):
@@ -100,11 +114,12 @@ class StopRequest(threading.Event):
         self.signal_name = ""
         self.count = 0
         self.closing = False  # the block is ending: a late signal changes nothing
+        self.terminal = terminal_fds()
 
     def handle(self, signum, frame) -> None:
         STOPPED.set()
         if signum == signal.SIGHUP:
-            leave_the_terminal()
+            leave_the_terminal(self.terminal)
         if self.closing:
             return
         self.count += 1
@@ -126,11 +141,12 @@ def stop_requests(sweep_dir: Path | None = None):
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    signals = taken_signals()
+    previous = {sig: signal.getsignal(sig) for sig in signals}
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the mask as it is
     done, sending = threading.Event(), threading.Lock()
     try:
-        for sig in SIGNALS:
+        for sig in signals:
             signal.signal(sig, request.handle)
         # A Ray worker inherits a blocked SIGINT from Ray's raylet: a run takes it.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

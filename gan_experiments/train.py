@@ -389,7 +389,8 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, s
         log.info("Resumed %s at step %d.", run_dir, gan.step)
         changes = checkpoint.arithmetic_changes(saved.get("arithmetic"), status.origin["arithmetic"])
         if changes:
-            status.origin["resumed_on_other_arithmetic"] = changes
+            status.origin["resumed_on_other_arithmetic"] = [
+                *status.origin.get("resumed_on_other_arithmetic", []), *changes]
             log.warning("Resumed on other arithmetic (%s): the run continues as the same experiment, "
                         "but is no longer bit-exact with an uninterrupted one.", "; ".join(changes))
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)

@@ -123,7 +123,7 @@ def test_mnist_5k_reads_the_csv_format_and_caches_it(tmp_path):
 
 
 @pytest.mark.parametrize("cell,said", [("nan", "nan is not a pixel value"), ("300", "300 is not a pixel value"),
-                                       ("inf", "inf is not a pixel value")])
+                                       ("inf", "inf is not a pixel value"), ("0.5", "0.5 is not a pixel value")])
 def test_mnist_5k_refuses_a_cell_that_is_no_pixel_naming_its_row_and_column(tmp_path, cell, said):
     """A NaN cell passed the range check (NaN fails every comparison), became pixel 0, was
     cached, and the run ended ok."""

@@ -246,8 +246,10 @@ def test_a_resume_on_another_thread_count_says_it_is_no_longer_bit_exact(tmp_pat
         assert json.loads((tmp_path / "status.json").read_text())["arithmetic"]["threads"] == 1
         torch.set_num_threads(2)
         summary = train(tiny_cfg("trainer.steps=4", "resume=true"), tmp_path)
+        again = train(tiny_cfg("trainer.steps=6", "resume=true"), tmp_path)  # on 2 threads again
     finally:
         torch.set_num_threads(threads)
     assert summary["status"] == "ok"
     assert summary["resumed_on_other_arithmetic"] == ["threads: 1 -> 2"]
     assert "no longer bit-exact" in caplog.text
+    assert again["resumed_on_other_arithmetic"] == ["threads: 1 -> 2"]  # once not bit-exact, never again

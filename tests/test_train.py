@@ -222,6 +222,19 @@ def test_sigusr2_and_sighup_checkpoint_and_are_recorded(tmp_path, name):
     assert saved["step"] == summary["step"] == 5  # stopped after the step the signal came in
 
 
+def test_a_run_under_nohup_outlives_its_terminal(tmp_path):
+    """nohup ignores SIGHUP: such a run trains on through a SIGHUP, as it did before SIGHUP
+    became a stop."""
+    cfg = tiny_cfg("trainer.steps=8", "eval.every=0", "loss.generator._target_=conftest.SignalAfter",
+                   "loss.generator._partial_=false", "+loss.generator.calls=3", "+loss.generator.signal=SIGHUP")
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        summary = train(cfg, tmp_path)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert summary["status"] == "ok" and summary["step"] == 8
+
+
 @pytest.mark.parametrize("direct", [False, True], ids=["marker_only", "and_a_direct_ctrl_c"])
 def test_a_stop_of_its_sweep_reaches_a_running_job_through_the_sweep_dir(tmp_path, direct):
     """A Ray cluster runs jobs on hosts other than the sweep's driver: the line the driver adds
