@@ -14,13 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from gan_experiments import checkpoint
 from gan_experiments.config import register_configs
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import RunPaths, StartRefused, claim, decide_start
+from gan_experiments.lifecycle import Start
+from gan_experiments.paths import RunPaths
 
 # Ray pickles this module's main(): it may reference functions and classes, not an Event.
-from gan_experiments.stop import StopNow, stop_sweep_on_signals, sweep_stopped
+from gan_experiments.run import Outcome, run
+from gan_experiments.stop import stop_sweep_on_signals
 from gan_experiments.summaries import HParams
-from gan_experiments.sweep import quiet_console, register_resolvers, release_gpu_memory, swept_keys
-from gan_experiments.train import final_value, resolved, train
+from gan_experiments.sweep import quiet_console, register_resolvers, swept_keys
 
 log = logging.getLogger("gan_experiments")
 # Ray folds similar lines from different jobs into "[repeated 2x]": each job's start and end
@@ -53,11 +54,32 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> N
     OmegaConf.save(hydra_cfg.overrides.task, paths.overrides)
 
 
-def describe(summary: dict) -> str:
-    """The run's headline number as one phrase."""
-    value = summary.get("value")
-    shown = "not measured" if value is None else f"{value:.4g}"
-    return f"{summary.get('objective') or 'objective'} = {shown}"
+def job_line(outcome: Outcome, job: str, run_dir: Path) -> str:
+    """A sweep job's line in the driver's output."""
+    record = outcome.record
+    if outcome.kind == "skipped":
+        return f"{job}: already {record.status}, skipped"
+    if outcome.kind == "not_started":
+        return f"{job}: not started: {outcome.message}"
+    if outcome.kind == "refused":
+        return f"{job}: start refused: {outcome.message}"
+    if outcome.kind in ("failed", "stopped_at_once"):
+        return f"{job}: {'failed: ' * (outcome.kind == 'failed')}{outcome.message} (log: {run_dir})"
+    shown = "–" if record.value is None else f"{record.value:.4g}"
+    return f"{job}: {record.status} at step {record.step}, {record.objective}={shown}"
+
+
+def run_lines(outcome: Outcome, run_dir: Path) -> str:
+    """A single run's closing lines."""
+    record = outcome.record
+    if outcome.kind == "skipped":
+        return (f"\n{run_dir} already finished ({record.status} at step {record.step}); nothing to do."
+                + (" Raise trainer.steps to train it further." if record.status == "ok" else ""))
+    value = "not measured" if record.value is None else f"{record.value:.4g}"
+    grid = RunPaths(run_dir).last_sample()
+    return (f"\nRun finished ({record.status}, step {record.step}): {record.objective or 'objective'} = "
+            f"{value}\nOutputs: {run_dir}\n" + (f"Sample grid: {grid}\n" if grid else "")
+            + f"View it with: tensorboard --logdir {run_dir}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -65,76 +87,47 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    job = f"[job {hydra_cfg.job.num}] {run_dir.name}" if multirun else str(run_dir)
-    swept: set[str] = set()
     # A job's folder is one part below its sweep's (sweep.job_dirname), and absolute: with
     # hydra.job.chdir=true a job runs in it, and a relative hydra.sweep.dir would be the job's.
     sweep_dir = run_dir.parent if multirun else None
-    if multirun:
-        if sweep_stopped(sweep_dir):
-            print(f"{job}: not started: the sweep was stopped", flush=True)
-            return None
-        if hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
-            # The jobs run one after another in the driver: a signal between two of them stops
-            # the sweep. (Other launchers run a job in a process of its own, whose signals
-            # belong to the run: submitit's SLURM job must requeue on its time limit alone.)
-            stop_sweep_on_signals(sweep_dir)
-        quiet_console()
-        optuna = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
-        swept = ({o.split("=", 1)[0] for o in hydra_cfg.overrides.task} if optuna
-                 else swept_keys(sweep_dir))
-    try:
-        with claim(run_dir):
-            # A sweep run again continues its jobs; a single run does so with resume=true.
-            start = decide_start(run_dir, resolved(cfg), rerun=multirun)
-            if start.kind == "skip":
-                summary = start.status
-                print(f"{job}: already {summary['status']}, skipped" if multirun else
-                      f"\n{run_dir} already finished ({summary['status']} at step "
-                      f"{summary['step']}); nothing to do."
-                      + (" Raise trainer.steps to train it further." if summary["status"] == "ok"
-                         else ""),
-                      flush=True)
-                return final_value(summary)
-            if multirun:
-                print(f"{job}: {'resuming' if start.kind == 'resume' else 'started'}", flush=True)
-            summary = train(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept),
-                            on_start=lambda: save_hydra_files(run_dir, cfg, hydra_cfg), start=start,
-                            sweep_dir=sweep_dir)
-    except StartRefused as error:  # nothing was written: the run dir is as it was
+    swept = join_sweep(hydra_cfg, sweep_dir) if multirun else set()
+    job = f"[job {hydra_cfg.job.num}] {run_dir.name}" if multirun else str(run_dir)
+
+    def on_start(start: Start) -> None:
+        save_hydra_files(run_dir, cfg, hydra_cfg)
         if multirun:
-            print(f"{job}: start refused: {error}", flush=True)
-            return None
-        sys.exit(f"\nError: {error} Nothing was written into {run_dir}.\n")
-    except StopNow as error:  # a second signal: stopped at once, status `failed`
-        message = (f"Stopped at once by {error}, without a new checkpoint. Continue with: python -m "
-                   f"gan_experiments resume=true hydra.run.dir={run_dir} (and the same overrides).")
-        if multirun:
-            print(f"{job}: {message}", flush=True)
-            return None
-        sys.exit(f"\n{message}\n")
-    except Exception as error:  # train() has recorded status `failed` if the start was accepted
-        if multirun:  # one failed job must not stop the sweep
-            log.exception("Job failed")  # the traceback goes to the job's own log file
-            release_gpu_memory()
-            print(f"{job}: failed: {error} (log: {run_dir})", flush=True)
-            return None
-        if not isinstance(error, UserError):
-            raise
-        sys.exit(f"\nError: {error}\n")
-    value = final_value(summary)
-    if multirun:
-        release_gpu_memory()  # Ray reuses this worker process for the sweep's next job
-        shown = "–" if value is None else f"{value:.4g}"
-        print(f"{job}: {summary['status']} at step {summary['step']}, {summary['objective']}={shown}",
-              flush=True)
+            print(f"{job}: {'resuming' if start.kind == 'resume' else 'started'}", flush=True)
+
+    outcome = run(cfg, run_dir, run_hparams(cfg, dict(hydra_cfg.runtime.choices), swept), sweep_dir, on_start)
+    if multirun:  # one failed job must not stop the sweep
+        if outcome.kind == "failed":
+            log.error("Job failed", exc_info=outcome.error)  # the traceback goes to the job's log file
+        print(job_line(outcome, job, run_dir), flush=True)
+    elif outcome.kind == "refused":
+        sys.exit(f"\nError: {outcome.message} Nothing was written into {run_dir}.\n")
+    elif outcome.kind == "stopped_at_once":
+        sys.exit(f"\n{outcome.message}\n")
+    elif outcome.kind == "failed":
+        if not isinstance(outcome.error, UserError):
+            raise outcome.error  # a bug: its traceback
+        sys.exit(f"\nError: {outcome.message}\n")
     else:
-        grid = RunPaths(run_dir).last_sample()
-        print(f"\nRun finished ({summary['status']}, step {summary['step']}): {describe(summary)}\n"
-              f"Outputs: {run_dir}\n"
-              + (f"Sample grid: {grid}\n" if grid else "")
-              + f"View it with: tensorboard --logdir {run_dir}")
-    return value
+        print(run_lines(outcome, run_dir))
+    return outcome.value
+
+
+def join_sweep(hydra_cfg, sweep_dir: Path) -> set[str]:
+    """A job's part in its sweep: the driver's signals where the job runs in it, a quiet
+    console; returns the keys the sweep varies (for the HPARAMS tab)."""
+    if hydra_cfg.launcher._target_.endswith(".BasicLauncher"):
+        # The jobs run one after another in the driver: a signal between two of them stops
+        # the sweep. (Other launchers run a job in a process of its own, whose signals
+        # belong to the run: submitit's SLURM job must requeue on its time limit alone.)
+        stop_sweep_on_signals(sweep_dir)
+    quiet_console()
+    if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
+        return {o.split("=", 1)[0] for o in hydra_cfg.overrides.task}
+    return swept_keys(sweep_dir)
 
 
 if __name__ == "__main__":

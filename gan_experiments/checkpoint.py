@@ -1,8 +1,6 @@
 """Checkpoints and small result files that survive a crash mid-write, and resume bit-for-bit
 on the same device (on CUDA with trainer.deterministic=true; README, "Resume")."""
 
-import json
-import math
 import os
 import random
 import shutil
@@ -10,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from gan_experiments.errors import UserError
 
 
 def atomic_write(path: Path, write) -> None:
@@ -59,22 +55,6 @@ def save(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def strict(value):
-    """JSON has no NaN or Infinity: a value that was not measured, or not finite, is null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
-    return value
-
-
-def write_json(path: Path, payload: dict) -> None:
-    text = json.dumps(strict(payload), indent=2, allow_nan=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def to_device(tree, device):
     """Every tensor in a nested dict/list moved to `device`; everything else as it is."""
     if isinstance(tree, torch.Tensor):
@@ -86,57 +66,8 @@ def to_device(tree, device):
     return tree
 
 
-def load(path: Path, device="cpu") -> dict:
-    """The checkpoint, read onto the CPU; then the training state (models, optimizers, noise)
-    moves to `device`. The RNG states stay CPU ByteTensors, the only kind torch accepts back."""
-    if not path.is_file():
-        raise UserError(
-            f"resume=true, but there is no checkpoint at {path}. Point hydra.run.dir at the run "
-            f"directory to continue (e.g. resume=true hydra.run.dir=outputs/runs/<run>), or drop "
-            f"resume=true to start a new run."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise UserError(
-            f"The checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is "
-            f"probably truncated or not a gan_experiments checkpoint. It was left untouched. "
-            f"Restore it from a copy, or move it away and start a new run without resume=true."
-        ) from None
-    missing = missing_entries(state)
-    if missing:
-        raise UserError(
-            f"The checkpoint {path} is not in this version's layout: it lacks {', '.join(missing)} "
-            f"(a bare state_dict, or a file from another program or version). It was left "
-            f"untouched. Point at a checkpoint that gan_experiments wrote, or move this one away "
-            f"and start a new run without resume=true."
-        )
-    state["gan"] = to_device(state["gan"], device)
-    return state
-
-
-# What `train.save_checkpoint` writes and a resume or the sampler reads.
-LAYOUT = {
-    "gan": ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "ema",
-            "fixed_noise", "step"),
-    "rng": ("python", "numpy", "torch", "cuda"),
-    "config": (), "data_shape": (), "is_image": (),
-}
-
-
-def missing_entries(state) -> list[str]:
-    """The entries of LAYOUT that `state` lacks, as dotted names; all of them if it is no dict."""
-    if not isinstance(state, dict):
-        return list(LAYOUT)
-    missing = []
-    for key, inner in LAYOUT.items():
-        if key not in state:
-            missing.append(key)
-        elif inner and not isinstance(state[key], dict):
-            missing.append(f"{key} (not a dict)")
-        else:
-            missing += [f"{key}.{name}" for name in inner if name not in state[key]]
-    return missing
+# The random streams a run draws from, each saved and restored by rng_state / set_rng_state.
+RNG_STREAMS = ("python", "numpy", "torch", "cuda")
 
 
 def rng_state(device: torch.device) -> dict:

@@ -127,9 +127,10 @@ class DCGANConfig:
 @dataclass
 class PenaltyConfig:
     """A gradient penalty on D: a partial of a function in gan_experiments.losses with the
-    signature (discriminator, real, fake, *, pack, grad_scale, weight)."""
+    signature (discriminator, real, fake, *, pack, grad_scale, weight); `_target_` null for
+    none (loss/penalty=none)."""
 
-    _target_: str = MISSING
+    _target_: str | None = MISSING
     _partial_: bool = MISSING
     weight: float = MISSING
 

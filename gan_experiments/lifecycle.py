@@ -1,17 +1,12 @@
-"""A run's lifecycle in one place: the checks that may refuse a start, and the run's status.
+"""Whether a run may start, and how: the checks that may refuse a start, and the one list of
+the config keys that do not change a run's results.
 
 A start is checked before anything is written, so a refused start leaves the run dir exactly as
-it was. Once started, status.json moves running -> ok | diverged | interrupted | failed, and
-only `RunStatus` writes it.
-"""
+it was."""
 
-import json
-import os
-import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -21,68 +16,14 @@ from omegaconf import DictConfig
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
-
-# ok: reached trainer.steps; metrics measured at the last step; a sweep rerun skips it.
-# diverged: a non-finite loss; metrics from before, value null; a sweep rerun skips it.
-# interrupted: stopped by a signal after writing a checkpoint; metrics may be older than the
-#   step; value null; a sweep rerun resumes it.
-# failed: an error after the start; value null; a sweep rerun resumes from the checkpoint.
-STATUSES = ("running", "ok", "diverged", "interrupted", "failed")
-FINAL = ("ok", "diverged")  # a sweep rerun would only repeat these
+from gan_experiments.paths import RunPaths
+from gan_experiments.record import FINAL, RunRecord
+from gan_experiments.state import TrainingState
 
 
 class StartRefused(UserError):
     """The run dir holds a run this start would damage, or the start can't be made at all.
     Raised before anything is written."""
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Every file of a run folder, named once: the runner, the sweep, the report and the
-    sampler all find a run's files through this."""
-
-    root: Path
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoints" / "last.pt"
-
-    @property
-    def status(self) -> Path:
-        return self.root / "status.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def lock(self) -> Path:
-        """Held by the process that trains in the folder (`claim`)."""
-        return self.root / ".lock"
-
-    @property
-    def hydra(self) -> Path:
-        """The composed config, Hydra's own config and the command-line overrides."""
-        return self.root / ".hydra"
-
-    @property
-    def config(self) -> Path:
-        return self.hydra / "config.yaml"
-
-    @property
-    def overrides(self) -> Path:
-        return self.hydra / "overrides.yaml"
-
-    def sample(self, step: int, tag: str = "samples") -> Path:
-        return self.root / tag / f"step_{step:06d}.png"
-
-    def last_sample(self, tag: str = "samples") -> Path | None:
-        """The grid (or scatter plot) of the highest step, if any was written."""
-        grids = (self.root / tag).glob("step_*.png")
-        return max(grids, key=lambda p: int(p.stem.removeprefix("step_")), default=None)
 
 
 # The one answer to "is this the same experiment?". Keys that may differ between the starts of
@@ -111,15 +52,15 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 @dataclass(frozen=True)
 class Start:
     """How a run starts: `fresh`, `resume` from `saved` (a checkpoint, on the CPU), or `skip`
-    because the run in the folder already finished with `status` (its status.json)."""
+    because the run in the folder already finished as `record` says."""
 
     kind: str
-    saved: dict | None = None
-    status: dict | None = None
+    saved: TrainingState | None = None
+    record: RunRecord | None = None
 
     @property
     def step(self) -> int:
-        return self.saved["gan"]["step"] if self.saved else 0
+        return self.saved.step if self.saved else 0
 
 
 @contextmanager
@@ -153,41 +94,15 @@ def claim(run_dir: Path):
         lock.release()
 
 
-def recorded_config(paths: RunPaths, saved: dict | None) -> dict | None:
+def recorded_config(paths: RunPaths, saved: TrainingState | None) -> dict | None:
     """The resolved config the folder's run was started with: its checkpoint's, else the one
     written into .hydra/ when it started (a run that failed before its first checkpoint)."""
     if saved is not None:
-        return _as_today(saved["config"])
+        return saved.config
     try:
-        return _as_today(yaml.safe_load(paths.config.read_text()))
+        return yaml.safe_load(paths.config.read_text())
     except (OSError, yaml.YAMLError):
         return None
-
-
-def _as_today(config: dict | None) -> dict | None:
-    """A recorded config in today's keys. Runs recorded before trainer.deterministic existed ran
-    without deterministic kernels: trainer.deterministic=false."""
-    config = _with_penalty_option(config)
-    if isinstance((config or {}).get("trainer"), dict):
-        config["trainer"].setdefault("deterministic", False)
-    return config
-
-
-# Runs recorded before the gradient penalty was a loss/penalty option say `loss.penalty: <name>`
-# and `loss.penalty_weight`. Without a penalty, and with WGAN-GP's, they computed what today's
-# options compute, so they are compared as those. R1 now takes a pass of D of its own, so an
-# old R1 run stays a run of another config.
-_PENALTY_OPTIONS = {"none": "gan_experiments.losses.no_penalty",
-                    "wgan_gp": "gan_experiments.losses.wgan_gradient_penalty"}
-
-
-def _with_penalty_option(config: dict | None) -> dict | None:
-    loss = (config or {}).get("loss") or {}
-    if isinstance(loss.get("penalty"), str) and loss["penalty"] in _PENALTY_OPTIONS:
-        weight = loss.pop("penalty_weight", None) if loss["penalty"] == "wgan_gp" else 0.0
-        loss.pop("penalty_weight", None)
-        loss["penalty"] = {"_target_": _PENALTY_OPTIONS[loss["penalty"]], "_partial_": True, "weight": weight}
-    return config
 
 
 def check_counts(trainer) -> None:
@@ -196,9 +111,9 @@ def check_counts(trainer) -> None:
             raise StartRefused(f"trainer.{name} must be at least 1, got {trainer[name]}.")
 
 
-def load_checkpoint(paths: RunPaths) -> dict:
+def load_checkpoint(paths: RunPaths) -> TrainingState:
     try:
-        return checkpoint.load(paths.checkpoint)
+        return TrainingState.load(paths.checkpoint)
     except UserError as error:
         raise StartRefused(str(error)) from None
 
@@ -214,41 +129,48 @@ def decide_start(run_dir: Path, config: dict, rerun: bool = False) -> Start:
     checkpoint, or starts over if it had none."""
     check_counts(config["trainer"])
     paths = RunPaths(run_dir)
-    status = read_status(run_dir)
+    record = RunRecord.read(run_dir)
     has_checkpoint = paths.checkpoint.exists()
-    if not status and not has_checkpoint:
+    if not record and not has_checkpoint:
         if config["resume"] and not rerun:
             load_checkpoint(paths)  # refuses, saying where resume=true should point
         return Start("fresh")
     if not (config["resume"] or rerun):
-        held = f"a run ({status['status']} at step {status['step']})" if status else "a checkpoint"
+        held = f"a run ({record.status} at step {record.step})" if record else "a checkpoint"
         raise StartRefused(
             f"{run_dir} already holds {held}. Pass resume=true to continue that run, or choose "
             f"a new hydra.run.dir: a new run here would overwrite it."
         )
     saved = load_checkpoint(paths) if has_checkpoint else None
+    check_same_experiment(paths, config, saved)
+    reached = saved.step if saved else 0
+    finished = record is not None and record.status in FINAL
+    if finished and saved is None:
+        raise StartRefused(
+            f"{run_dir} holds a finished run ({record.status}) whose checkpoint "
+            f"{paths.checkpoint} is missing: it can be neither skipped as it is nor continued. "
+            f"Restore the checkpoint, or start a new run in another hydra.run.dir."
+        )
+    if finished and (record.status == "diverged" or config["trainer"]["steps"] == reached):
+        return Start("skip", record=record)
+    return Start("resume", saved=saved) if saved is not None else Start("fresh")
+
+
+def check_same_experiment(paths: RunPaths, config: dict, saved: TrainingState | None) -> None:
+    """Raises StartRefused, listing the differences, unless `config` is the config the folder's
+    run was started with (up to RESULT_NEUTRAL, and GROWABLE not below the step it reached)."""
     recorded = recorded_config(paths, saved)
     differences = config_differences(recorded, config) if recorded is not None else []
-    reached = saved["gan"]["step"] if saved else 0
+    reached = saved.step if saved else 0
     if config["trainer"]["steps"] < reached:
         differences.append(f"trainer.steps={config['trainer']['steps']} is below step {reached}, "
                            f"which the run reached")
     if differences:
         raise StartRefused(
-            f"{run_dir} holds a run of another config: {'; '.join(differences)} (the folder's "
+            f"{paths.root} holds a run of another config: {'; '.join(differences)} (the folder's "
             f"values first). Continue it with the values it was started with, or start a new "
             f"run in another hydra.run.dir (a sweep: another hydra.sweep.dir)."
         )
-    finished = status.get("status") in FINAL
-    if finished and saved is None:
-        raise StartRefused(
-            f"{run_dir} holds a finished run ({status['status']}) whose checkpoint "
-            f"{paths.checkpoint} is missing: it can be neither skipped as it is nor continued. "
-            f"Restore the checkpoint, or start a new run in another hydra.run.dir."
-        )
-    if finished and (status["status"] == "diverged" or config["trainer"]["steps"] == reached):
-        return Start("skip", status=status)
-    return Start("resume", saved=saved) if saved is not None else Start("fresh")
 
 
 def check_writable(folder: Path, key: str) -> None:
@@ -281,56 +203,3 @@ class CheckOutputFolder(Callback):
             check_writable(Path(folder), key)
         except StartRefused as error:
             raise SystemExit(f"\nError: {error} Nothing was written.\n") from None
-
-
-def _now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="milliseconds")
-
-
-class RunStatus:
-    """status.json: what state the run is in, and what it measured, each metric with its step."""
-
-    def __init__(self, run_dir: Path, steps: int, objective: str = "", resumed_from: int | None = None):
-        self.path = RunPaths(run_dir).status
-        self.steps, self.objective = steps, objective
-        # Where and when: a sweep's table and its GPU placement are checked from these.
-        # `started` is this leg's start; a resumed run also keeps when its first leg started.
-        self.origin = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-        if resumed_from is not None:
-            before = read_status(run_dir)
-            self.origin["first_started"] = before.get("first_started") or before.get("started")
-            self.origin["resumed_from_step"] = resumed_from
-            if before.get("resumed_on_other_arithmetic"):  # once not bit-exact, never again
-                self.origin["resumed_on_other_arithmetic"] = before["resumed_on_other_arithmetic"]
-
-    def _write(self, status: str, step: int, **fields) -> dict:
-        assert status in STATUSES, status
-        payload = {"status": status, "step": step, "steps": self.steps, **fields, **self.origin}
-        if status != "running":
-            payload["ended"] = _now()
-        checkpoint.write_json(self.path, payload)
-        return checkpoint.strict(payload)
-
-    def running(self, step: int) -> None:
-        self._write("running", step)
-
-    def end(self, status: str, step: int, metrics: dict[str, dict], stopped_by: str = "") -> dict:
-        """`metrics` maps a tag to {"value", "step"}. The objective's value is reported only
-        for a run that reached its last step and measured the objective there. `stopped_by`:
-        the signal that interrupted the run (the SLURM launcher requeues on SIGUSR2)."""
-        measured = metrics.get(f"metrics/{self.objective}") or metrics.get(f"final/{self.objective}")
-        value = measured["value"] if status == "ok" and measured and measured["step"] == step else None
-        extra = {"stopped_by": stopped_by} if status == "interrupted" and stopped_by else {}
-        return self._write(status, step, objective=self.objective, value=value, metrics=metrics, **extra)
-
-    def failed(self, step: int, error: BaseException) -> dict:
-        return self._write("failed", step, objective=self.objective, value=None,
-                           error=f"{type(error).__name__}: {error}")
-
-
-def read_status(run_dir: Path) -> dict:
-    try:
-        return json.loads(RunPaths(run_dir).status.read_text())
-    except (OSError, ValueError):
-        return {}

@@ -78,11 +78,6 @@ def _input_gradient(outputs, inputs, grad_scale):
     return grad / grad_scale
 
 
-def no_penalty(discriminator, real, fake, *, pack: int, grad_scale, weight: float):
-    """The zero penalty of `loss/penalty=none` (its weight must be 0)."""
-    return torch.zeros((), device=real.device)
-
-
 def wgan_gradient_penalty(discriminator, real, fake, *, pack: int, grad_scale, weight: float):
     """lambda E (||grad_x D(x_hat)||_2 - 1)^2 at x_hat on straight lines between real and fake
     samples (Gulrajani et al. 2017, eq. 3, lambda = `weight`). Each pack gets one mixing

@@ -24,12 +24,13 @@ import yaml
 from gan_experiments import comparison
 from gan_experiments import report_figures as figures
 from gan_experiments.comparison import Summary
-from gan_experiments.lifecycle import RunPaths
 from gan_experiments.metrics.registry import higher_is_better
+from gan_experiments.metrics.registry import tag as metric_tag
+from gan_experiments.paths import RunPaths
+from gan_experiments.record import STATUSES
 from gan_experiments.report_figures import Picture, Table
-from gan_experiments.sweep import find_runs, override_key
+from gan_experiments.sweep import Run, find_runs, override_key
 
-STATUSES = ("ok", "interrupted", "diverged", "failed", "running")
 METRIC_PREFIXES = ("metrics/", "metrics_ema/", "final/")
 LOSS_TAGS = ["loss/D", "loss/G"]
 
@@ -46,16 +47,12 @@ def fmt(s: Summary | None) -> str:
     return "–" if s is None else s.format()
 
 
-def run_status(run: dict) -> str:
-    return run["status"].get("status", "failed")
+def ok_runs(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.record.status == "ok"]
 
 
-def ok_runs(runs: list[dict]) -> list[dict]:
-    return [r for r in runs if run_status(r) == "ok"]
-
-
-def metric_value(run: dict, tag: str) -> float | None:
-    return ((run["status"].get("metrics") or {}).get(tag) or {}).get("value")
+def metric_value(run: Run, tag: str) -> float | None:
+    return run.record.value_of(tag)
 
 
 def settings(overrides: list[str]) -> set[str]:
@@ -64,11 +61,11 @@ def settings(overrides: list[str]) -> set[str]:
     return {o for o in overrides if override_key(o) != "seed" and not override_key(o).startswith("hydra.")}
 
 
-def shared_settings(runs: list[dict]) -> set[str]:
+def shared_settings(runs: list[Run]) -> set[str]:
     """Overrides every run has (`+experiment=...`, `trainer.steps=...`): said once, not in
     every config's name, unless nothing else tells the configs apart."""
-    common = set.intersection(*(settings(r["overrides"]) for r in runs))
-    differing = {frozenset(settings(r["overrides"]) - common) for r in runs}
+    common = set.intersection(*(settings(r.overrides) for r in runs))
+    differing = {frozenset(settings(r.overrides) - common) for r in runs}
     return common if len(differing) > 1 else set()
 
 
@@ -76,59 +73,59 @@ def group_key(overrides: list[str], shared: set[str] = frozenset()) -> str:
     return ",".join(sorted(settings(overrides) - shared)) or "(defaults)"
 
 
-def seed_of(run: dict) -> int:
-    seeds = [o.split("=", 1)[1] for o in run["overrides"] if override_key(o) == "seed"]
+def seed_of(run: Run) -> int:
+    seeds = [o.split("=", 1)[1] for o in run.overrides if override_key(o) == "seed"]
     return int(seeds[0]) if seeds else 0  # the config's default seed
 
 
 @dataclass
 class Row:
     config: str
-    runs: list[dict]
+    runs: list[Run]
     objective: Summary | None  # over the ok runs' status["value"]
     metrics: dict[str, Summary | None]  # tag -> over the ok runs
 
     def count(self, status: str) -> int:
-        return sum(run_status(r) == status for r in self.runs)
+        return sum(r.record.status == status for r in self.runs)
 
     def values(self, tag: str | None = None) -> list[float]:
         """The ok runs' objective (tag None) or metric values."""
-        return numbers([r["status"].get("value") if tag is None else metric_value(r, tag)
+        return numbers([r.record.value if tag is None else metric_value(r, tag)
                         for r in ok_runs(self.runs)])
 
 
-def measurement(run: dict, tag: str) -> str:
-    """How a run measured a metric, as one comparable string ("not recorded" for older runs)."""
-    how = ((run["status"].get("metrics") or {}).get(tag) or {}).get("measured")
-    return json.dumps(how, sort_keys=True) if how else "not recorded"
+def method(run: Run, tag: str) -> str:
+    """How a run measured a metric, as one comparable string ("" for a loss, which has none)."""
+    measured = run.record.metrics.get(tag)
+    return json.dumps(measured.method, sort_keys=True) if measured and measured.method else ""
 
 
-def measured_differently(runs: list[dict], columns: list[str]) -> dict[str, dict[str, int]]:
+def measured_differently(runs: list[Run], columns: list[str]) -> dict[str, dict[str, int]]:
     """Tags whose ok runs measured them in more than one way: tag -> {way: runs}."""
     found = {}
     for tag in columns:
-        ways = Counter(measurement(r, tag) for r in ok_runs(runs) if metric_value(r, tag) is not None)
+        ways = Counter(method(r, tag) for r in ok_runs(runs) if metric_value(r, tag) is not None)
         if len(ways) > 1:
             found[tag] = dict(ways)
     return found
 
 
-def metric_columns(runs: list[dict]) -> list[str]:
+def metric_columns(runs: list[Run]) -> list[str]:
     """The metric tags any run reported, in the table's order."""
-    return sorted({tag for r in runs for tag in r["status"].get("metrics") or {}
+    return sorted({tag for r in runs for tag in r.record.metrics
                    if tag.startswith(METRIC_PREFIXES)})
 
 
-def summarise(runs: list[dict], shared: set[str] = frozenset(),
+def summarise(runs: list[Run], shared: set[str] = frozenset(),
               mixed: dict[str, dict] | None = None) -> tuple[list[Row], list[str], str]:
     """Rows sorted best first, the metric tags any run reported, and the objective's name.
     `shared`: overrides left out of the configs' names. A metric measured in different ways
     across the sweep (`mixed`, found here when not given) gets no statistics (None), and
     neither does an objective that is one."""
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(group_key(run["overrides"], shared), []).append(run)
-    objective = next((r["status"]["objective"] for r in runs if r["status"].get("objective")),
+        groups.setdefault(group_key(run.overrides, shared), []).append(run)
+    objective = next((r.record.objective for r in runs if r.record.objective),
                      "loss_G")
     columns = metric_columns(runs)
     if mixed is None:
@@ -136,7 +133,7 @@ def summarise(runs: list[dict], shared: set[str] = frozenset(),
     rows = []
     for config, members in groups.items():
         row = Row(config, members, None, {})
-        if f"metrics/{objective}" not in mixed:
+        if metric_tag(objective) not in mixed:
             row.objective = stat(row.values(), objective)
         row.metrics = {tag: None if tag in mixed else stat(row.values(tag), tag) for tag in columns}
         rows.append(row)
@@ -158,7 +155,7 @@ def results_table(rows: list[Row], columns: list[str], objective: str,
 
     return Table(["config", f"{objective} ({direction}): mean ± std (n) [95 % CI]",
                   "median of n", "best of n", *STATUSES, *columns],
-                 [[r.config, "not comparable" if f"metrics/{objective}" in mixed else fmt(r.objective),
+                 [[r.config, "not comparable" if metric_tag(objective) in mixed else fmt(r.objective),
                    of_n(r, "median"), of_n(r, "best"), *(str(r.count(s)) for s in STATUSES),
                    *(cell(r, c) for c in columns)] for r in rows])
 
@@ -182,7 +179,7 @@ def csv_cells(rows: list[Row], columns: list[str], objective: str) -> list[list]
     return cells
 
 
-def measurement_section(runs: list[dict], columns: list[str], mixed: dict) -> tuple[str, list]:
+def measurement_section(runs: list[Run], columns: list[str], mixed: dict) -> tuple[str, list]:
     """How each metric was measured; a metric measured more than one way is listed with its
     ways and left out of every mean and comparison."""
     blocks, said = [], set()
@@ -193,13 +190,12 @@ def measurement_section(runs: list[dict], columns: list[str], mixed: dict) -> tu
                           f"its runs measured it in {len(mixed[tag])} ways ({ways}). Rerun the "
                           f"odd runs with the same eval settings and data, in a new sweep dir.")
             continue
-        how = next((measurement(r, tag) for r in ok_runs(runs) if metric_value(r, tag) is not None),
-                   "not recorded")
-        if how == "not recorded" or how in said:
+        how = next((method(r, tag) for r in ok_runs(runs) if metric_value(r, tag) is not None), "")
+        if not how or how in said:
             continue
         said.add(how)
         same = [c for c in columns if c not in mixed and any(
-            measurement(r, c) == how for r in ok_runs(runs))]
+            method(r, c) == how for r in ok_runs(runs))]
         fields = json.loads(how)
         weights = fields.get("weights_sha256")
         blocks.append(f"{', '.join(same)}: {fields['extractor']}"
@@ -217,7 +213,7 @@ def comparisons_section(rows: list[Row], objective: str, pairs: str = "best",
     objective: the difference with its interval, Welch's p, Holm-adjusted across the pairs
     shown, the probability of improvement, a verdict, and seeds needed when unresolved."""
     title = "Comparisons"
-    if f"metrics/{objective}" in (mixed or {}):
+    if metric_tag(objective) in (mixed or {}):
         return title, [f"No comparisons: {objective} was measured in different ways."]
     ranked = [r for r in rows if r.objective is not None and r.objective.n > 1]
     if len(ranked) < 2:
@@ -252,8 +248,8 @@ def comparisons_section(rows: list[Row], objective: str, pairs: str = "best",
 
 # --- Against the paper ---------------------------------------------------------------------
 
-def load_config(run: dict) -> dict:
-    path = RunPaths(run["dir"]).config
+def load_config(run: Run) -> dict:
+    path = RunPaths(run.dir).config
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
@@ -297,7 +293,7 @@ def paper_row_key(row: Row, reference: dict) -> str:
     run = (ok_runs(row.runs) or row.runs)[0]
     if "row_key" in reference:
         return str(lookup(load_config(run), reference["row_key"]))
-    return next((str(k) for k in reference["rows"] if str(k) in run["overrides"]), "")
+    return next((str(k) for k in reference["rows"] if str(k) in run.overrides), "")
 
 
 def paper_table(rows: list[Row], reference: dict) -> Table:
@@ -314,15 +310,15 @@ def paper_table(rows: list[Row], reference: dict) -> Table:
             continue
         for name, (mean, std) in paper["metrics"].items():
             paper_cell = f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
-            tag = f"metrics/{name}"
-            measured = any(tag in (r["status"].get("metrics") or {}) for r in row.runs)
+            tag = metric_tag(name)
+            measured = any(tag in r.record.metrics for r in row.runs)
             if reference.get("comparable") is False:  # the preset says why
                 cells.append([row.config, paper.get("label", key), name, "not comparable",
                               paper_cell, f"not comparable: {reference['why']}"])
                 continue
             if not measured:
                 ours = sorted(t.split("/", 1)[1] for r in row.runs
-                              for t in r["status"].get("metrics") or {} if t.startswith("metrics/"))
+                              for t in r.record.metrics if t.startswith("metrics/"))
                 cells.append([row.config, paper.get("label", key), name, "not comparable",
                               paper_cell, f"not comparable: the paper's {name} is not a metric "
                               f"these runs measured (ours: {', '.join(dict.fromkeys(ours)) or 'none'})"])
@@ -339,12 +335,12 @@ def paper_table(rows: list[Row], reference: dict) -> Table:
 def ordering_sentence(rows: list[Row], reference: dict) -> str:
     """Does our ordering of the `better` and `worse` configs on `metric` agree with the paper?
     Agreeing or disagreeing is claimed only when Welch's test resolves the pair."""
-    tag, metric = f"metrics/{reference['metric']}", reference["metric"]
+    tag, metric = metric_tag(reference["metric"]), reference["metric"]
     claim = f"{reference['source']}: \"{reference['claim']}\"."
     sides = {}
     for side in ("better", "worse"):
         override = reference[side]
-        matches = [r for r in rows if override in r.runs[0]["overrides"]]
+        matches = [r for r in rows if override in r.runs[0].overrides]
         if len(matches) != 1:
             return f"{claim} Not checked: {len(matches)} configs have {override}, need one."
         sides[side] = matches[0]
@@ -403,21 +399,21 @@ def reference_section(rows: list[Row]) -> tuple[str, list] | None:
 
 def representative_sample(row: Row) -> tuple[str, Path] | None:
     """The last sample grid of the config's lowest ok seed (else of any run that has one)."""
-    with_samples = [r for r in row.runs if RunPaths(r["dir"]).last_sample()]
+    with_samples = [r for r in row.runs if RunPaths(r.dir).last_sample()]
     if not with_samples:
         return None
-    run = min(with_samples, key=lambda r: (run_status(r) != "ok", seed_of(r)))
-    png = RunPaths(run["dir"]).last_sample()
+    run = min(with_samples, key=lambda r: (r.record.status != "ok", seed_of(r)))
+    png = RunPaths(run.dir).last_sample()
     step = int(png.stem.removeprefix("step_"))
-    return f"{figures.wrap(row.config)}\nseed {seed_of(run)}, {run_status(run)}, step {step}", png
+    return f"{figures.wrap(row.config)}\nseed {seed_of(run)}, {run.record.status}, step {step}", png
 
 
 def figure_blocks(sweep_dir: Path, rows: list[Row], objective: str, mixed: dict = None) -> list:
     """Each figure as a Picture, or a sentence saying why it was skipped. An objective
     measured in different ways is neither averaged nor drawn."""
-    ok = {row.config: [r["dir"] for r in ok_runs(row.runs)] for row in rows}
-    comparable = f"metrics/{objective}" not in (mixed or {})
-    tags = [f"metrics/{objective}"] * comparable + LOSS_TAGS
+    ok = {row.config: [r.dir for r in ok_runs(row.runs)] for row in rows}
+    comparable = metric_tag(objective) not in (mixed or {})
+    tags = [metric_tag(objective)] * comparable + LOSS_TAGS
     finals = {row.config: row.values() if comparable else [] for row in rows}
     samples = dict(filter(None, (representative_sample(row) for row in rows)))
     drawn = [

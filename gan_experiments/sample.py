@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.utils import save_image
 
-from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import RunPaths
+from gan_experiments.paths import RunPaths
+from gan_experiments.state import TrainingState
 from gan_experiments.summaries import image_grid
 from gan_experiments.train import build
 
@@ -32,18 +32,18 @@ def load_generator(run_dir: Path, ema: bool = False) -> torch.nn.Module:
         raise UserError(f"There is no checkpoint at {RunPaths(run_dir).checkpoint}: point at a "
                         f"run's folder (outputs/runs/<run>, or a sweep's outputs/sweeps/<sweep>/<job>) "
                         f"that has trained to its first checkpoint.")
-    state = checkpoint.load(RunPaths(run_dir).checkpoint, "cpu")
-    cfg = OmegaConf.create(state["config"])
-    generator, _ = build(cfg.model, data_shape=tuple(state["data_shape"]), is_image=state["is_image"])
-    weights = state["gan"]["generator"]
+    state = TrainingState.load(RunPaths(run_dir).checkpoint, "cpu")
+    cfg = OmegaConf.create(state.config)
+    generator, _ = build(cfg.model, data_shape=tuple(state.data_shape), is_image=state.is_image)
+    weights = state.gan["generator"]
     if ema:
-        if state["gan"]["ema"] is None:
+        if state.gan["ema"] is None:
             raise UserError(f"{run_dir} was trained without an EMA generator (trainer.ema_decay=0); drop --ema.")
         prefix = "module."
-        weights = {k[len(prefix):]: v for k, v in state["gan"]["ema"].items() if k.startswith(prefix)}
+        weights = {k[len(prefix):]: v for k, v in state.gan["ema"].items() if k.startswith(prefix)}
     generator.load_state_dict(weights)
     generator.latent_dim = cfg.model.latent_dim
-    generator.is_image = state["is_image"]
+    generator.is_image = state.is_image
     return generator.eval()
 
 

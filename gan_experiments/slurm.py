@@ -164,7 +164,7 @@ def launch(submit, jobs_per_gpu: int):
 def run_job(run):
     """Runs one job on its node through `run()` (Hydra's run_job), then requeues it if a time
     limit, a preemption or `scontrol requeue` interrupted it. Returns run()'s JobReturn."""
-    from gan_experiments.lifecycle import read_status  # torch: not at Hydra's plugin scan
+    from gan_experiments.record import RunRecord  # torch: not at Hydra's plugin scan
 
     # submitit's SIGUSR2 handler: it pickles the launcher's checkpoint() and requeues this
     # job. The run replaces it while it trains, so the checkpoint is written first.
@@ -177,17 +177,17 @@ def run_job(run):
         # threads than the job's CPUs made a step 6x slower here.
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     result = run()
-    status = read_status(Path(result.hydra_cfg.hydra.runtime.output_dir))
-    if status.get("status") != "interrupted" or status.get("pid") != os.getpid():
+    record = RunRecord.read(Path(result.hydra_cfg.hydra.runtime.output_dir))
+    if record is None or record.status != "interrupted" or record.pid != os.getpid():
         return result  # finished, or not started in this leg (a refused start): no requeue
-    stopped_by = status.get("stopped_by")
+    stopped_by = record.stopped_by
     if stopped_by == "SIGUSR2" and callable(requeue_now):
-        print(f"Time limit or preemption: checkpoint written at step {status.get('step')}; "
+        print(f"Time limit or preemption: checkpoint written at step {record.step}; "
               f"requeueing the job.", flush=True)
         requeue_now(signal.SIGUSR2, None)  # requeues, then exits
     elif stopped_by == "SIGTERM" and (restarts() or 0) > restarts_at_start:
         # `scontrol requeue`: SLURM starts this job again, and that run resumes. Exiting
         # without a result keeps the sweep waiting for it rather than reporting this one.
-        print(f"Requeued by SLURM; checkpoint written at step {status.get('step')}.", flush=True)
+        print(f"Requeued by SLURM; checkpoint written at step {record.step}.", flush=True)
         sys.exit(-1)
     return result

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -14,7 +15,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gan_experiments import slurm
-from gan_experiments.lifecycle import RESULT_NEUTRAL, STATUSES, RunPaths, read_status
+from gan_experiments.lifecycle import RESULT_NEUTRAL
+from gan_experiments.paths import RunPaths
+from gan_experiments.record import STATUSES, RunRecord
 from gan_experiments.stop import MARKER, restore_signals, stop_sweep_on_signals, sweep_stopped
 
 log = logging.getLogger(__name__)
@@ -112,34 +115,33 @@ def quiet_console() -> None:
             root.removeHandler(handler)
 
 
-def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[dict]:
-    """Every run under `sweep_dir`: its folder, command-line overrides (less the
-    RESULT_NEUTRAL ones) and status.json."""
+@dataclass
+class Run:
+    """A run folder of a sweep: its command-line overrides (less the RESULT_NEUTRAL ones) and
+    its record (an unreadable status.json reads as failed: it claims nothing)."""
+
+    dir: Path
+    overrides: list[str]
+    record: RunRecord
+
+
+def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[Run]:
+    """Every run under `sweep_dir` whose folder has a status.json matching `pattern`."""
     runs = []
     for status_file in sorted(Path(sweep_dir).glob(pattern)):
         run_dir = status_file.parent
         overrides_file = RunPaths(run_dir).overrides
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         overrides = [o for o in overrides or [] if override_key(o) not in RESULT_NEUTRAL]
-        runs.append({"dir": run_dir, "overrides": overrides,
-                     "status": read_status(run_dir) or {"status": "failed"}})
+        runs.append(Run(run_dir, overrides, RunRecord.read(run_dir) or RunRecord("failed", 0, 0)))
     return runs
 
 
 def job_rows(sweep_dir: Path) -> list[dict]:
-    rows = []
-    for run in find_runs(sweep_dir):
-        status = run["status"]
-        value = status.get("value")
-        rows.append({
-            "overrides": " ".join(run["overrides"]),
-            "status": status.get("status", "failed"),
-            "step": status.get("step", 0),
-            "objective": status.get("objective", ""),
-            "value": value if isinstance(value, (int, float)) else None,  # strict CSV: empty
-            "run_dir": str(run["dir"]),
-        })
-    return rows
+    """The sweep table's rows, one per job, as the CSV writes them."""
+    return [{"overrides": " ".join(run.overrides), "status": run.record.status, "step": run.record.step,
+             "objective": run.record.objective, "value": run.record.value, "run_dir": str(run.dir)}
+            for run in find_runs(sweep_dir)]
 
 
 def write_status_table(sweep_dir: Path) -> list[dict]:

@@ -1,17 +1,16 @@
 """The training loop: set up from the composed config, alternate D and G steps, log, sample,
-checkpoint, and finish with the run's status; stop cleanly on a signal or a non-finite loss.
+checkpoint, and finish with the run's record; stop cleanly on a signal or a non-finite loss.
 
-`train()` reads as its three steps: `set_up`, `run_loop`, `finish`. The start checks and
-status.json belong to `lifecycle`."""
+`train()` reads as its three steps: `set_up`, `run_loop`, `finish`. Whether and how a run
+starts, and what happens when it fails, belong to `gan_experiments.run`."""
 
 import copy
-import errno
 import logging
 import os
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,85 +24,32 @@ from gan_experiments import checkpoint
 from gan_experiments.data import check_batch_size
 from gan_experiments.ema import EMA
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import (
-    RunPaths,
-    RunStatus,
-    Start,
-    StartRefused,
-    claim,
-    decide_start,
-)
-from gan_experiments.losses import no_penalty
+from gan_experiments.lifecycle import StartRefused
 from gan_experiments.metrics.evaluator import Evaluator, check_cache_dir, resolve_objective
+from gan_experiments.metrics.registry import tag
 from gan_experiments.models import check_batch_norm, check_pack
+from gan_experiments.paths import RunPaths
 from gan_experiments.progress import Progress
-from gan_experiments.stop import StopNow, stop_requests
+from gan_experiments.record import Measurement, RunRecord
+from gan_experiments.state import GAN, TrainingState
+from gan_experiments.stop import StopRequest
 from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
 
 log = logging.getLogger(__name__)
 
 SCALARS = ["loss/D", "loss/G", "D/real", "D/fake", "grad_norm/G", "grad_norm/D", "lr/G", "lr/D"]
-FINAL_METRICS = ["final/loss_D", "final/loss_G"]
+FINAL_LOSSES = {"loss_D": "loss/D", "loss_G": "loss/G"}  # registry name -> the scalar it ends at
 POINTS_PER_IMAGE = 16
-
-
-@dataclass
-class GAN:
-    """Everything that training changes, i.e. everything a checkpoint must hold."""
-
-    generator: torch.nn.Module
-    discriminator: torch.nn.Module
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    sched_g: torch.optim.lr_scheduler.LRScheduler
-    sched_d: torch.optim.lr_scheduler.LRScheduler
-    ema: EMA | None
-    fixed_noise: torch.Tensor
-    step: int = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.fixed_noise.device
-
-    def state_dict(self) -> dict:
-        return {
-            "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "sched_g": self.sched_g.state_dict(),
-            "sched_d": self.sched_d.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "fixed_noise": self.fixed_noise,
-            "step": self.step,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.sched_g.load_state_dict(state["sched_g"])
-        self.sched_d.load_state_dict(state["sched_d"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.fixed_noise = state["fixed_noise"].to(self.fixed_noise.device)
-        self.step = state["step"]
 
 
 @dataclass
 class Losses:
     """The run's loss functions, from conf/loss: `penalty(D, real, fake, grad_scale=...)` is
-    the weighted gradient penalty on D, or None."""
+    the weighted gradient penalty on D, or None where the run has none."""
 
     discriminator: Callable
     generator: Callable
     penalty: Callable | None
-
-    def gradient_penalty(self, D, real, fake, grad_scale) -> torch.Tensor:
-        if self.penalty is None:
-            return torch.zeros((), device=real.device)
-        return self.penalty(D, real, fake, grad_scale=grad_scale)
 
 
 def build(node: DictConfig, **kwargs):
@@ -117,16 +63,16 @@ def build(node: DictConfig, **kwargs):
 
 
 def make_losses(cfg: DictConfig) -> Losses:
-    """The loss functions of conf/loss. A penalty of weight 0 is none: it is not computed.
-    Raises UserError for a weight given to loss/penalty=none."""
-    weight = cfg.loss.penalty.weight
-    # PacGAN: D judges packs of samples, so a gradient penalty is taken per pack.
-    penalty = build(cfg.loss.penalty, pack=cfg.model.pack)
-    if penalty.func is no_penalty and weight != 0:
+    """The loss functions of conf/loss. No penalty (loss/penalty=none, or a weight of 0) is
+    None: it is not computed. Raises UserError for a weight given to loss/penalty=none."""
+    chosen, weight = cfg.loss.penalty._target_ is not None, cfg.loss.penalty.weight
+    if not chosen and weight != 0:
         raise UserError(f"loss.penalty.weight={weight}, but no gradient penalty is chosen "
                         f"(loss/penalty=none). Choose one, e.g. loss/penalty=r1 or loss/penalty=wgan_gp, "
                         f"or drop loss.penalty.weight.")
-    return Losses(build(cfg.loss.discriminator), build(cfg.loss.generator), penalty if weight != 0 else None)
+    # PacGAN: D judges packs of samples, so a gradient penalty is taken per pack.
+    penalty = build(cfg.loss.penalty, pack=cfg.model.pack) if chosen and weight != 0 else None
+    return Losses(build(cfg.loss.discriminator), build(cfg.loss.generator), penalty)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,9 +155,10 @@ def maybe_compile(gan: GAN, losses: Losses, autocast: Callable, cfg: DictConfig,
                 if cfg.trainer.channels_last and real.dim() == 4:  # as train_step feeds D
                     real = real.contiguous(memory_format=torch.channels_last)
                 loss = probe_d(fake).float().sum() + probe_d(real).float().sum()
-            penalty = losses.gradient_penalty(under(autocast, probe_d), real, fake.detach(),
-                                              torch.ones((), device=device))
-            (loss + penalty).backward()
+            if losses.penalty is not None:
+                loss = loss + losses.penalty(under(autocast, probe_d), real, fake.detach(),
+                                             grad_scale=torch.ones((), device=device))
+            loss.backward()
             # And the optimizers' step: CUDA's fused Adam refuses gradients whose strides
             # differ from their weights' in size-1 dimensions, as Inductor's can
             # (pytorch/pytorch#126585).
@@ -235,71 +182,72 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
 
 
-def train_step(gan: GAN, data, losses: Losses, tc: DictConfig, noise_std: float,
-               scalers, autocast, measure: bool) -> dict:
-    """One generator update after `tc.d_steps` discriminator updates. Returns the step's
+def train_step(gan: GAN, data, losses: Losses, trainer: DictConfig, noise_std: float,
+               scalers, autocast, measure: bool) -> tuple[dict, torch.Tensor]:
+    """One generator update after `trainer.d_steps` discriminator updates. Returns the step's
     statistics and whether its losses were finite, as device tensors: nothing here waits for
     the GPU."""
-    G, D, batch = gan.generator, gan.discriminator, tc.batch_size
+    G, D, batch = gan.generator, gan.discriminator, trainer.batch_size
     scaler_g, scaler_d = scalers
-    latent = gan.fixed_noise.shape[1]
-    stats = {}
-    penalty_finite = torch.ones((), dtype=torch.bool, device=gan.fixed_noise.device)
-
-    def noisy(x):  # instance noise on everything D sees
-        return x + noise_std * torch.randn_like(x) if noise_std > 0 else x
-
-    for d_step in range(tc.d_steps):
-        real = noisy(data.sample(batch))
-        if tc.channels_last and real.dim() == 4:
+    stats, penalty_finite = {}, torch.ones((), dtype=torch.bool, device=gan.device)
+    for d_step in range(trainer.d_steps):
+        real = with_instance_noise(data.sample(batch), noise_std)
+        if trainer.channels_last and real.dim() == 4:
             real = real.contiguous(memory_format=torch.channels_last)
         # The last D step's fakes also serve the G step (as in seed 000 and pytorch/examples),
         # so only they keep G's graph.
-        with torch.set_grad_enabled(d_step == tc.d_steps - 1), autocast():
-            fake = G(torch.randn(batch, latent, device=real.device))
+        with torch.set_grad_enabled(d_step == trainer.d_steps - 1), autocast():
+            fake = G(torch.randn(batch, gan.fixed_noise.shape[1], device=real.device))
         # The penalty's input gradient is taken on the scaled output and unscaled (1 without
         # fp16), outside autocast: PyTorch's AMP recipe for gradient penalties.
         grad_scale = scaler_d.scale(torch.ones((), device=real.device))
         with autocast():
-            fake_seen = noisy(fake.detach())  # the penalty interpolates towards these same fakes
+            fake_seen = with_instance_noise(fake.detach(), noise_std)  # the penalty's fakes too
             real_logits, fake_logits = D(real), D(fake_seen)
             d_loss = losses.discriminator(real_logits, fake_logits)
-        penalty = losses.gradient_penalty(under(autocast, D), real, fake_seen, grad_scale)
-        # With fp16, a non-finite penalty is an overflow that the scaler skips and backs off
-        # from, until the scale is down to 1: then the penalty itself has diverged.
-        penalty_finite &= torch.isfinite(penalty) | (grad_scale > 1)
-        gan.opt_d.zero_grad(set_to_none=True)
-        scaler_d.scale(d_loss + penalty).backward()
-        if measure:
-            scaler_d.unscale_(gan.opt_d)
-            stats["grad_norm/D"] = grad_norm(D)
-        scaler_d.step(gan.opt_d)
-        scaler_d.update()
+        d_total = d_loss
+        if losses.penalty is not None:
+            penalty = losses.penalty(under(autocast, D), real, fake_seen, grad_scale=grad_scale)
+            # With fp16, a non-finite penalty is an overflow that the scaler skips and backs
+            # off from, until the scale is down to 1: then the penalty itself has diverged.
+            penalty_finite &= torch.isfinite(penalty) | (grad_scale > 1)
+            stats["loss/penalty"] = penalty.detach()
+            d_total = d_loss + penalty
+        stats["grad_norm/D"] = update(d_total, gan.opt_d, scaler_d, D, measure)
 
     D.requires_grad_(False)  # G's step needs gradients through D, not for D's weights
     with autocast():
-        g_loss = losses.generator(D(noisy(fake)))
-    gan.opt_g.zero_grad(set_to_none=True)
-    scaler_g.scale(g_loss).backward()
+        g_loss = losses.generator(D(with_instance_noise(fake, noise_std)))
+    stats["grad_norm/G"] = update(g_loss, gan.opt_g, scaler_g, G, measure)
     D.requires_grad_(True)
-    if measure:
-        scaler_g.unscale_(gan.opt_g)
-        stats["grad_norm/G"] = grad_norm(G)
-    scaler_g.step(gan.opt_g)
-    scaler_g.update()
-
-    gan.sched_g.step()
-    gan.sched_d.step()
-    if gan.ema is not None:
-        gan.ema.update_parameters(G)
-    gan.step += 1
-    finite = torch.isfinite(d_loss) & torch.isfinite(g_loss) & penalty_finite
+    gan.end_step()
     stats.update({
-        "loss/D": d_loss.detach(), "loss/G": g_loss.detach(), "loss/penalty": penalty.detach(),
+        "loss/D": d_loss.detach(), "loss/G": g_loss.detach(),
         "D/real": torch.sigmoid(real_logits.detach().float()).mean(),
         "D/fake": torch.sigmoid(fake_logits.detach().float()).mean(),
     })
-    return stats, finite
+    finite = torch.isfinite(d_loss) & torch.isfinite(g_loss) & penalty_finite
+    return {name: value for name, value in stats.items() if value is not None}, finite
+
+
+def with_instance_noise(x: torch.Tensor, std: float) -> torch.Tensor:
+    """Instance noise on everything D sees (Sonderby et al. 2017)."""
+    return x + std * torch.randn_like(x) if std > 0 else x
+
+
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+           module: torch.nn.Module, measure: bool) -> torch.Tensor | None:
+    """Backward and an optimizer step through fp16's loss scaler (a no-op scaler otherwise).
+    Returns the unscaled gradient norm where `measure`, else None."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    norm = None
+    if measure:
+        scaler.unscale_(optimizer)
+        norm = grad_norm(module)
+    scaler.step(optimizer)
+    scaler.update()
+    return norm
 
 
 def under(autocast: Callable, module: torch.nn.Module) -> Callable:
@@ -321,21 +269,19 @@ class Session:
 
     cfg: DictConfig
     run_dir: Path
-    config: dict  # the resolved config, saved with every checkpoint
-    status: RunStatus
+    record: RunRecord  # status.json: the run's state and measurements
     data: object
     gan: GAN
     losses: Losses
     evaluator: Evaluator
-    scalers: tuple
+    scalers: tuple  # fp16's loss scalers for G and D (disabled otherwise)
     autocast: Callable
     writer: SummaryWriter
-    reference_points: torch.Tensor | None
+    reference_points: torch.Tensor | None  # real 2D points under the generated ones in a scatter
     progress: Progress
     noise_horizon: int  # fixed at the first start: raising trainer.steps on resume keeps it
-    last: dict = field(default_factory=dict)  # the last logged scalars, at `last_step`
-    last_step: int = 0
-    metrics: dict = field(default_factory=dict)  # tag -> {"value", "step"}
+    last_scalars: dict  # the last logged scalars, at `last_scalars_step`
+    last_scalars_step: int
 
     @property
     def generators(self) -> dict[str, torch.nn.Module]:
@@ -345,7 +291,7 @@ class Session:
 
 
 @dataclass
-class Parts:
+class Prepared:
     """What a start builds before it is accepted: building it checks the input."""
 
     progress: Progress
@@ -355,7 +301,7 @@ class Parts:
     objective: str  # the metric the run returns, eval.objective resolved for this data
 
 
-def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> Parts:
+def prepare(cfg: DictConfig, device: torch.device, show_progress: bool) -> Prepared:
     """Seed, load the data, build G, D and the losses. Bad input (a missing file, a size the
     model cannot take, a pack that does not divide the batch, BatchNorm over one example, a
     streamed set smaller than a batch, a weight without a penalty, an objective the run does
@@ -367,129 +313,129 @@ def build_parts(cfg: DictConfig, device: torch.device, show_progress: bool) -> P
         data = build(cfg.data, device=device)
     check_batch_size(data, cfg.trainer.batch_size)
     check_cache_dir(cfg.eval, data)
-    return Parts(progress, data, build_gan(cfg, data, device), make_losses(cfg),
-                 resolve_objective(cfg.eval, data))
+    return Prepared(progress, data, build_gan(cfg, data, device), make_losses(cfg),
+                    resolve_objective(cfg.eval, data))
 
 
-def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, parts: Parts, saved: dict | None,
-           config: dict, status: RunStatus, hparams: HParams | None) -> Session:
-    tc = cfg.trainer
-    progress, data, gan = parts.progress, parts.data, parts.gan
+def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, prepared: Prepared,
+           resumed_from: TrainingState | None, record: RunRecord, hparams: HParams | None) -> Session:
+    """The session of a fresh run, or of one resumed from a checkpoint exactly where it was."""
+    data, gan, trainer = prepared.data, prepared.gan, cfg.trainer
     reference_points = None if data.is_image else data.sample(
-        tc.num_samples * POINTS_PER_IMAGE, generator=torch.Generator(device).manual_seed(cfg.seed))
-    fp16 = config["trainer"]["precision"] == "fp16"
+        trainer.num_samples * POINTS_PER_IMAGE, generator=torch.Generator(device).manual_seed(cfg.seed))
+    fp16 = trainer.precision == "fp16"
     scalers = (torch.amp.GradScaler(device.type, enabled=fp16), torch.amp.GradScaler(device.type, enabled=fp16))
-    saved = saved or {}
-    status.origin["arithmetic"] = checkpoint.arithmetic(device)  # recorded with the run's status
-    if saved:
-        gan.load_state_dict(saved["gan"])
-        for scaler, state in zip(scalers, saved.get("scalers") or (), strict=False):
-            scaler.load_state_dict(state)  # fp16 resumes with the loss scale it had reached
-        checkpoint.set_rng_state(saved["rng"], device)
+    if resumed_from is not None:
+        resume(gan, scalers, resumed_from, record, device)
         log.info("Resumed %s at step %d.", run_dir, gan.step)
-        changes = checkpoint.arithmetic_changes(saved.get("arithmetic"), status.origin["arithmetic"])
-        if changes:
-            status.origin["resumed_on_other_arithmetic"] = [
-                *status.origin.get("resumed_on_other_arithmetic", []), *changes]
-            log.warning("Resumed on other arithmetic (%s): the run continues as the same experiment, "
-                        "but is no longer bit-exact with an uninterrupted one.", "; ".join(changes))
-    evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, progress)
-    status.objective = parts.objective
-    autocast = _autocast_factory(device, str(config["trainer"]["precision"]))
-    maybe_compile(gan, parts.losses, autocast, cfg, device)
+    evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, prepared.progress)
+    autocast = _autocast_factory(device, str(trainer.precision))
+    maybe_compile(gan, prepared.losses, autocast, cfg, device)
     # Events up to the checkpoint's step were written before it; later ones are redone now.
-    writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if saved else None)
+    writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if resumed_from else None)
     session = Session(
-        cfg, run_dir, config, status, data, gan, parts.losses, evaluator, scalers,
-        autocast, writer, reference_points,
-        progress, noise_horizon=saved.get("noise_horizon") or _first_horizon(saved.get("config"), tc),
-        last=saved.get("last", {}), last_step=saved.get("last_step", 0), metrics=saved.get("metrics", {}),
+        cfg, run_dir, record, data, gan, prepared.losses, evaluator, scalers, autocast, writer,
+        reference_points, prepared.progress,
+        noise_horizon=resumed_from.noise_horizon if resumed_from else trainer.instance_noise_steps or trainer.steps,
+        last_scalars=resumed_from.last_scalars if resumed_from else {},
+        last_scalars_step=resumed_from.last_scalars_step if resumed_from else 0,
     )
-    metric_tags = [f"metrics{suffix}/{name}" for suffix in session.generators for name in evaluator.names]
-    log_hparams(writer, hparams or HParams(checkpoint.flatten(config)), FINAL_METRICS + metric_tags)
+    metric_tags = [tag(name, suffix) for suffix in session.generators for name in evaluator.names]
+    final_losses = [tag(name) for name in FINAL_LOSSES]
+    log_hparams(writer, hparams or HParams(checkpoint.flatten(resolved(cfg))), final_losses + metric_tags)
     log_layout(writer)
     return session
 
 
-def _first_horizon(saved_config: dict | None, tc: DictConfig) -> int:
-    """The instance-noise horizon of the run's first start (older checkpoints did not save it)."""
-    trainer = saved_config["trainer"] if saved_config else tc
-    return trainer["instance_noise_steps"] or trainer["steps"]
+def resume(gan: GAN, scalers: tuple, saved: TrainingState, record: RunRecord, device: torch.device) -> None:
+    """Everything training changed, back as the checkpoint saved it; the record keeps the
+    measurements so far, and says so where the arithmetic changed (no longer bit-exact)."""
+    gan.load_state_dict(saved.gan)
+    for scaler, state in zip(scalers, saved.scalers, strict=True):
+        scaler.load_state_dict(state)  # fp16 resumes with the loss scale it had reached
+    checkpoint.set_rng_state(saved.rng, device)
+    record.metrics = {name: Measurement.from_json(m) for name, m in saved.metrics.items()}
+    changes = checkpoint.arithmetic_changes(saved.arithmetic, record.arithmetic)
+    if changes:
+        record.resumed_on_other_arithmetic = [*(record.resumed_on_other_arithmetic or []), *changes]
+        log.warning("Resumed on other arithmetic (%s): the run continues as the same experiment, "
+                    "but is no longer bit-exact with an uninterrupted one.", "; ".join(changes))
 
 
 def save_checkpoint(s: Session) -> None:
-    checkpoint.save(RunPaths(s.run_dir).checkpoint, {
-        "gan": s.gan.state_dict(), "rng": checkpoint.rng_state(s.gan.device), "config": s.config,
-        "data_shape": s.data.shape, "is_image": s.data.is_image,
-        "scalers": [scaler.state_dict() for scaler in s.scalers], "noise_horizon": s.noise_horizon,
-        "last": s.last, "last_step": s.last_step, "metrics": s.metrics,
-        "arithmetic": checkpoint.arithmetic(s.gan.device),
-    })
+    TrainingState(
+        gan=s.gan.state_dict(), rng=checkpoint.rng_state(s.gan.device), config=resolved(s.cfg),
+        data_shape=s.data.shape, is_image=s.data.is_image,
+        scalers=[scaler.state_dict() for scaler in s.scalers], noise_horizon=s.noise_horizon,
+        last_scalars=s.last_scalars, last_scalars_step=s.last_scalars_step,
+        metrics={name: asdict(m) for name, m in s.record.metrics.items()},
+        arithmetic=checkpoint.arithmetic(s.gan.device),
+    ).save(RunPaths(s.run_dir).checkpoint)
 
 
 def log_scalars(s: Session, stats: dict, noise_std: float) -> None:
-    s.last = {k: v.item() for k, v in stats.items()}
-    s.last.update({"lr/G": s.gan.opt_g.param_groups[0]["lr"], "lr/D": s.gan.opt_d.param_groups[0]["lr"]})
+    s.last_scalars = {k: v.item() for k, v in stats.items()}
+    s.last_scalars.update({"lr/G": s.gan.opt_g.param_groups[0]["lr"], "lr/D": s.gan.opt_d.param_groups[0]["lr"]})
     if noise_std > 0:
-        s.last["instance_noise/std"] = noise_std
-    s.last_step = s.gan.step
-    for tag, value in s.last.items():
-        if tag != "loss/penalty" or s.losses.penalty is not None:
-            s.writer.add_scalar(tag, value, s.gan.step)
+        s.last_scalars["instance_noise/std"] = noise_std
+    s.last_scalars_step = s.gan.step
+    for name, value in s.last_scalars.items():
+        s.writer.add_scalar(name, value, s.gan.step)
 
 
 def sample_now(s: Session) -> None:
     for suffix, g in s.generators.items():
-        tag = f"samples{suffix}"
+        grid_tag = f"samples{suffix}"
         was_training = g.training
         g.eval()
         with torch.no_grad():
             fake = g(s.gan.fixed_noise)
         g.train(was_training)
-        log_samples(s.writer, tag, fake, s.reference_points, s.gan.step,
-                    RunPaths(s.run_dir).sample(s.gan.step, tag))
+        log_samples(s.writer, grid_tag, fake, s.reference_points, s.gan.step,
+                    RunPaths(s.run_dir).sample(s.gan.step, grid_tag))
 
 
 def evaluate_now(s: Session) -> None:
     for suffix, g in s.generators.items():
         for name, value in s.evaluator(g).items():
-            tag = f"metrics{suffix}/{name}"
-            s.writer.add_scalar(tag, value, s.gan.step)
-            s.metrics[tag] = {"value": value, "step": s.gan.step, "measured": s.evaluator.measured[name]}
+            s.writer.add_scalar(tag(name, suffix), value, s.gan.step)
+            s.record.metrics[tag(name, suffix)] = Measurement(value, s.gan.step, s.evaluator.methods[name])
 
 
 def run_loop(s: Session, stop: threading.Event) -> str:
     """Train up to trainer.steps, or until `stop` is set. Returns how the loop ended:
     ok | diverged | interrupted."""
-    cfg, tc, gan = s.cfg, s.cfg.trainer, s.gan
+    cfg, trainer, gan = s.cfg, s.cfg.trainer, s.gan
     nonfinite = torch.zeros((), dtype=torch.bool, device=gan.fixed_noise.device)
-    bar = s.progress.bar("Training", tc.steps, initial=gan.step)
+    bar = s.progress.bar("Training", trainer.steps, initial=gan.step)
     outcome = "ok"
-    while gan.step < tc.steps:
-        noise_std = instance_noise_std(gan.step, tc.instance_noise, s.noise_horizon)
-        measure = (gan.step + 1) % tc.log_every == 0 or gan.step + 1 == tc.steps
-        stats, finite = train_step(gan, s.data, s.losses, tc, noise_std, s.scalers, s.autocast, measure)
+    while gan.step < trainer.steps:
+        noise_std = instance_noise_std(gan.step, trainer.instance_noise, s.noise_horizon)
+        measure = (gan.step + 1) % trainer.log_every == 0 or gan.step + 1 == trainer.steps
+        stats, finite = train_step(gan, s.data, s.losses, trainer, noise_std, s.scalers, s.autocast, measure)
         nonfinite |= ~finite  # read only when logging, so the step never syncs
+        s.record.running(gan.step)
         bar.update(1)
-        at_checkpoint = gan.step % tc.checkpoint_every == 0 or gan.step == tc.steps
+        at_checkpoint = gan.step % trainer.checkpoint_every == 0 or gan.step == trainer.steps
         if (measure or at_checkpoint or stop.is_set()) and nonfinite.item():
             log.error("Non-finite loss by step %d: stopping; the last good checkpoint is kept.", gan.step)
             outcome = "diverged"
             break
         if measure:
             log_scalars(s, stats, noise_std)
-            bar.set_postfix(D=f"{s.last['loss/D']:.3f}", G=f"{s.last['loss/G']:.3f}",
-                            Dx=f"{s.last['D/real']:.2f}", DGz=f"{s.last['D/fake']:.2f}")
-        if gan.step % tc.sample_every == 0 or gan.step == tc.steps:
+            last = s.last_scalars
+            bar.set_postfix(D=f"{last['loss/D']:.3f}", G=f"{last['loss/G']:.3f}",
+                            Dx=f"{last['D/real']:.2f}", DGz=f"{last['D/fake']:.2f}")
+        if gan.step % trainer.sample_every == 0 or gan.step == trainer.steps:
             sample_now(s)
-        if s.evaluator.enabled and (gan.step == tc.steps or cfg.eval.every and gan.step % cfg.eval.every == 0):
+        if s.evaluator.enabled and (gan.step == trainer.steps or cfg.eval.every and gan.step % cfg.eval.every == 0):
             bar.set_description_str("Evaluating")
             evaluate_now(s)
             bar.set_description_str("Training")
         if at_checkpoint or stop.is_set():
             save_checkpoint(s)
-            s.status.running(gan.step)
-        if stop.is_set() and gan.step < tc.steps:
+            s.record.write(s.run_dir)
+        if stop.is_set() and gan.step < trainer.steps:
             log.warning("Stop requested: checkpoint written at step %d.", gan.step)
             outcome = "interrupted"
             break
@@ -497,21 +443,21 @@ def run_loop(s: Session, stop: threading.Event) -> str:
     return outcome
 
 
-def finish(s: Session, outcome: str, stopped_by: str = "") -> dict:
-    """Write the run's results, each metric with the step it was measured at, and its status.
-    `stopped_by`: the signal seen, if any; the status records it only for an interrupted run."""
+def finish(s: Session, outcome: str, stopped_by: str = "") -> RunRecord:
+    """Write the run's record at its end: each metric with the step it was measured at, and its
+    status. `stopped_by`: the signal seen, if any; the record keeps it for an interrupted run."""
     step = s.gan.step
-    measured_now = any(v["step"] == step for k, v in s.metrics.items() if k.startswith("metrics"))
-    if outcome == "ok" and s.evaluator.enabled and not measured_now:
+    evaluated = any(m.step == step for name, m in s.record.metrics.items() if name.startswith("metrics"))
+    if outcome == "ok" and s.evaluator.enabled and not evaluated:
         evaluate_now(s)  # resumed from a checkpoint written at the last step, before its evaluation
-    if outcome == "ok" and s.last:
-        for tag in FINAL_METRICS:
-            s.metrics[tag] = {"value": s.last[tag.replace("final/loss_", "loss/")], "step": s.last_step}
-            s.writer.add_scalar(tag, s.metrics[tag]["value"], step)
+    if outcome == "ok" and s.last_scalars:
+        for name, scalar in FINAL_LOSSES.items():
+            s.record.metrics[tag(name)] = Measurement(s.last_scalars[scalar], s.last_scalars_step)
+            s.writer.add_scalar(tag(name), s.last_scalars[scalar], step)
     s.writer.close()
-    checkpoint.write_json(RunPaths(s.run_dir).metrics,
-                          {"status": outcome, "step": step, **s.evaluator.info, "metrics": s.metrics})
-    return s.status.end(outcome, step, s.metrics, stopped_by)
+    s.record.end(outcome, step, stopped_by)
+    s.record.write(s.run_dir)
+    return s.record
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -519,90 +465,15 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
-def train(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None,
-          on_start: Callable[[], None] | None = None, start: Start | None = None,
-          sweep_dir: Path | None = None) -> dict:
-    """Train as `cfg` says, writing into `run_dir`; returns what status.json says at the end
-    (for a skipped run, what it already said).
-
-    `start` is the caller's decision (`lifecycle.decide_start`), taken while it holds the
-    folder (`lifecycle.claim`); without one, train claims the folder and decides itself
-    (resume=true continues what the folder holds). The start is accepted once the data, models
-    and losses are built; until then bad input, or a signal, raises StartRefused with the run
-    dir untouched. After the start (and `on_start`, which the runner uses to record the
-    config), any error leaves status `failed` and is raised again. `sweep_dir`: the sweep
-    this run is a job of; a stop of the sweep stops the run, and its bars stay off (the jobs
-    share one terminal)."""
-    run_dir = Path(run_dir)
-    config = resolved(cfg)
-    if start is None:
-        with claim(run_dir):
-            start = decide_start(run_dir, config)
-            if start.kind == "skip":
-                return start.status
-            return train(cfg, run_dir, hparams, on_start, start, sweep_dir)
-    device = resolve_device(cfg.trainer.device)
-    step, session = start.step, None
-    status = RunStatus(run_dir, cfg.trainer.steps, resumed_from=step if start.kind == "resume" else None)
-    accepted = False  # until the start is accepted, the run dir is as it was
+def train(cfg: DictConfig, run_dir: Path, device: torch.device, prepared: Prepared,
+          resumed_from: TrainingState | None, record: RunRecord, stop: StopRequest,
+          hparams: HParams | None = None) -> RunRecord:
+    """Set up from what the accepted start built (resuming from a checkpoint where there is
+    one), train up to trainer.steps or a stop, and finish; returns the run's record at its end.
+    `gan_experiments.run` decides the start and handles a failure."""
+    session = set_up(cfg, Path(run_dir), device, prepared, resumed_from, record, hparams)
+    stop.setting_up = False
     try:
-        # From here on a signal stops the run: at once while it sets up, then at the next
-        # step boundary with a checkpoint (gan_experiments.stop).
-        with stop_requests(sweep_dir) as stop:
-            try:
-                parts = build_parts(cfg, device, cfg.trainer.progress and sweep_dir is None)
-            except UserError as error:
-                raise StartRefused(str(error)) from None
-            accepted = True
-            if on_start is not None:
-                on_start()
-            status.running(step)
-            session = set_up(cfg, run_dir, device, parts, start.saved, config, status, hparams)
-            stop.setting_up = False
-            return finish(session, run_loop(session, stop), stop.signal_name)
-    except StartRefused:
-        raise
-    except BaseException as error:
-        if isinstance(error, StopNow) and not accepted:  # stopped while the data loaded
-            raise StartRefused(f"Stopped by {error.signal_name or 'the sweep'} before the run "
-                               f"started.") from None
-        if isinstance(error, StopNow) and session is None:  # nothing trained in this leg
-            log.warning("Stopped by %s; nothing to checkpoint.", error)
-            return status.end("interrupted", step, (start.saved or {}).get("metrics", {}),
-                              error.signal_name)
-        # A crash, or a second signal: no new checkpoint, status `failed`.
-        if session is not None:
-            step = session.gan.step
-            session.writer.close()
-        if accepted:
-            try:
-                status.failed(step, error)
-            except OSError:  # the disk that refused the results refuses the status too
-                pass
-        if isinstance(error, checkpoint.WriteFailed) or getattr(error, "errno", None) in DISK_FULL:
-            raise UserError(write_failure(error, run_dir)) from error
-        raise
-
-
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # from writers that do not go through atomic_write
-
-
-def write_failure(error: OSError, run_dir: Path) -> str:
-    """The paragraph for a result file that could not be written: which file, the last good
-    checkpoint and its step, and how to resume."""
-    paths = RunPaths(run_dir)
-    try:
-        saved = checkpoint.load(paths.checkpoint)
-        kept = f"The last good checkpoint is {paths.checkpoint}, at step {saved['gan']['step']}"
-    except UserError:
-        kept = "No checkpoint was written yet"
-    return (f"Could not write {error.filename or 'a result file'} ({error.strerror or error}). {kept}. Free space "
-            f"(or fix the disk), then continue with: python -m gan_experiments resume=true "
-            f"hydra.run.dir={run_dir} (and the same overrides).")
-
-
-def final_value(summary: dict) -> float | None:
-    """What the runner returns to Hydra (and so to a sweeper): the objective's value, or None
-    for a run that did not finish with one, which sweepers such as Optuna record as failed."""
-    value = summary.get("value")
-    return float(value) if value is not None else None
+        return finish(session, run_loop(session, stop), stop.signal_name)
+    finally:
+        session.writer.close()  # also after a crash: the events so far stay readable

@@ -49,6 +49,31 @@ def tiny_cfg(*overrides: str, model: str = "dcgan"):
     return make_cfg(*TINY, f"model={model}", *TINY_MODEL[model], *overrides)
 
 
+@pytest.fixture(autouse=True)
+def _a_fresh_process_stop_flag():
+    """`stop.STOPPED` is process-wide, as a sweep run in one process needs it: in pytest's one
+    process, a test's signal would otherwise stop every later test's sweep jobs."""
+    from gan_experiments import stop
+
+    yield
+    stop.STOPPED.clear()
+
+
+def train(cfg, run_dir: Path, hparams=None, sweep_dir: Path | None = None) -> dict:
+    """A run through the runner's own entry (gan_experiments.run.run), as the tests read it:
+    status.json's content at the end. A refused start raises StartRefused, and a failed one
+    its error, as the command line would report them."""
+    from gan_experiments.lifecycle import StartRefused
+    from gan_experiments.run import run
+
+    outcome = run(cfg, Path(run_dir), hparams, sweep_dir)
+    if outcome.kind == "refused":
+        raise StartRefused(outcome.message)
+    if outcome.kind in ("failed", "stopped_at_once"):
+        raise outcome.error
+    return outcome.record.to_json()
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """The real runner in a subprocess, as a user types it."""
     return subprocess.run(

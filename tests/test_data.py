@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import from_conf
+from conftest import from_conf, train
 from gan_experiments import data
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import StartRefused
@@ -175,7 +175,6 @@ def test_a_streamed_set_smaller_than_a_batch_is_refused_not_a_hang(tmp_path):
     import signal
 
     from conftest import tiny_cfg
-    from gan_experiments.train import train
 
     _write_pngs(tmp_path / "images" / "all", 50)
     folder = ["data=folder", f"data.path={tmp_path / 'images'}", "data.image_size=8",
@@ -200,7 +199,6 @@ def test_a_streamed_set_smaller_than_a_batch_is_refused_not_a_hang(tmp_path):
 @pytest.mark.parametrize("max_in_memory_mb", [4096, 0], ids=["in_memory", "streamed"])
 def test_a_truncated_image_is_named_in_one_paragraph(tmp_path, max_in_memory_mb):
     from conftest import tiny_cfg
-    from gan_experiments.train import train
 
     _write_pngs(tmp_path / "images" / "all", 40)
     bad = tmp_path / "images" / "all" / "7.png"
@@ -225,8 +223,7 @@ def test_a_refused_resume_leaves_the_finished_run_as_it_was(tmp_path):
     batch: the start is refused before anything is written, so its status, config record and
     checkpoint stay as they were."""
     from conftest import tiny_cfg
-    from gan_experiments.lifecycle import RunPaths
-    from gan_experiments.train import train
+    from gan_experiments.paths import RunPaths
 
     _write_pngs(tmp_path / "images" / "all", 20)
     folder = ["data=folder", f"data.path={tmp_path / 'images'}", "data.image_size=8", "data.channels=1",

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_cfg
+from conftest import tiny_cfg, train
 from gan_experiments import data
-from gan_experiments.train import build, build_gan, train
+from gan_experiments.train import build, build_gan
 
 
 def test_in_memory_data_lives_on_the_device_as_uint8():

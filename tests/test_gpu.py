@@ -8,9 +8,8 @@ schedules and sets CUDA_VISIBLE_DEVICES as on a GPU node, while torch trains on 
 import pytest
 import torch
 
-from conftest import tiny_cfg
+from conftest import tiny_cfg, train
 from gan_experiments import checkpoint
-from gan_experiments.train import train
 
 
 def test_the_cuda_rng_state_follows_the_training_device_not_the_gpu_count(fake_cuda):

@@ -8,10 +8,12 @@ import os
 import pytest
 import torch
 
-from conftest import TINY, TINY_MODEL, read_events, run_cli, tiny_cfg, tree_snapshot
+from conftest import TINY, TINY_MODEL, read_events, run_cli, tiny_cfg, train, tree_snapshot
 from gan_experiments import checkpoint
 from gan_experiments.lifecycle import StartRefused
-from gan_experiments.train import build, build_gan, make_losses, maybe_compile, train, train_step
+from gan_experiments.record import RunRecord
+from gan_experiments.state import TrainingState
+from gan_experiments.train import build, build_gan, make_losses, maybe_compile, train_step
 
 RING = ["data=ring", "model=mlp", *TINY_MODEL["mlp"]]
 
@@ -28,8 +30,9 @@ def test_a_refused_start_leaves_a_finished_run_byte_identical(tmp_path):
     first = run_cli(*TINY, *RING, "trainer.steps=20", f"hydra.run.dir={run}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = tree_snapshot(run)
-    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "status.json", "metrics.json",
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "status.json",
             "checkpoints/last.pt"} <= before.keys()
+    assert "metrics.json" not in before  # status.json is the one results file
     # The same command again, and one with other overrides: both refused, nothing touched.
     for extra in ([], ["loss=bce", "seed=3"]):
         again = run_cli(*TINY, *RING, "trainer.steps=20", *extra, f"hydra.run.dir={run}", cwd=tmp_path)
@@ -51,11 +54,11 @@ def test_checkpoint_loads_onto_any_device_with_rng_states_on_the_cpu(tmp_path):
     train(tiny_cfg("trainer.steps=2"), tmp_path)
     # `meta` stands in for a GPU: whatever the training device, torch.set_rng_state only
     # accepts CPU ByteTensors.
-    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt", torch.device("meta"))
-    assert state["rng"]["torch"].device.type == "cpu" and state["rng"]["torch"].dtype == torch.uint8
-    assert all(v.device.type == "meta" for v in state["gan"]["generator"].values())
-    assert state["gan"]["fixed_noise"].device.type == "meta"
-    checkpoint.set_rng_state(state["rng"], torch.device("meta"))
+    state = TrainingState.load(tmp_path / "checkpoints" / "last.pt", torch.device("meta"))
+    assert state.rng["torch"].device.type == "cpu" and state.rng["torch"].dtype == torch.uint8
+    assert all(v.device.type == "meta" for v in state.gan["generator"].values())
+    assert state.gan["fixed_noise"].device.type == "meta"
+    checkpoint.set_rng_state(state.rng, torch.device("meta"))
 
 
 def test_an_interrupted_run_reports_its_metrics_with_their_steps_and_no_value(tmp_path):
@@ -67,9 +70,8 @@ def test_an_interrupted_run_reports_its_metrics_with_their_steps_and_no_value(tm
     assert summary["value"] is None  # never a stale metric stamped as the result
     assert summary["metrics"]["metrics/reverse_kl"]["step"] == 4
     assert "final/loss_D" not in summary["metrics"]
-    saved = strict_json(tmp_path / "metrics.json")
-    assert saved["status"] == "interrupted" and saved["metrics"]["metrics/hq"]["step"] == 4
-    assert strict_json(tmp_path / "status.json") == summary
+    saved = strict_json(tmp_path / "status.json")
+    assert saved == summary and saved["metrics"]["metrics/hq"]["step"] == 4
 
 
 def test_a_run_resumed_at_its_last_step_finishes_with_its_final_evaluation(tmp_path):
@@ -83,7 +85,7 @@ def test_a_run_resumed_at_its_last_step_finishes_with_its_final_evaluation(tmp_p
     # The status tells the resumed leg from the whole run.
     assert done["first_started"] == interrupted["started"] < done["started"]
     assert done["resumed_from_step"] == 4 and "resumed_from_step" not in interrupted
-    assert {k: v for k, v in done["metrics"]["metrics/reverse_kl"].items() if k != "measured"} == \
+    assert {k: v for k, v in done["metrics"]["metrics/reverse_kl"].items() if k != "method"} == \
         {"value": done["value"], "step": 4}
     assert done["metrics"]["final/loss_G"]["step"] == 4
     assert [e.step for e in read_events(tmp_path).Scalars("metrics/reverse_kl")] == [4]
@@ -95,7 +97,6 @@ def test_a_diverged_run_is_strict_json_with_null_value(tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["status"] == "diverged" and summary["value"] is None
     assert strict_json(tmp_path / "status.json")["value"] is None
-    strict_json(tmp_path / "metrics.json")
 
 
 def test_a_crash_after_the_start_is_recorded_as_failed(tmp_path, monkeypatch):
@@ -149,7 +150,7 @@ def test_writes_reach_the_disk_before_and_after_the_rename(tmp_path, monkeypatch
     monkeypatch.setattr(os, "fsync", lambda fd: calls.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")))
                         or real_fsync(fd))
     monkeypatch.setattr(os, "replace", lambda a, b: calls.append(("replace", None)) or real_replace(a, b))
-    checkpoint.write_json(tmp_path / "status.json", {"status": "ok"})
+    RunRecord("ok", 2, 2).write(tmp_path)
     assert calls == [("fsync", False), ("replace", None), ("fsync", True)]
     calls.clear()
     checkpoint.save(tmp_path / "last.pt", {"x": torch.ones(3)})
@@ -177,7 +178,7 @@ def test_a_non_finite_penalty_counts_as_divergence():
     data = build(cfg.data, device="cpu")
     gan = build_gan(cfg, data, torch.device("cpu"))
     losses = make_losses(cfg)
-    losses.gradient_penalty = lambda *args: torch.tensor(float("nan"))
+    losses.penalty = lambda *args, **kwargs: torch.tensor(float("nan"))
     scalers = (torch.amp.GradScaler("cpu", enabled=False),) * 2
     stats, finite = train_step(gan, data, losses, cfg.trainer, 0.0, scalers, contextlib.nullcontext, False)
     assert torch.isfinite(stats["loss/D"]) and not finite
@@ -219,20 +220,9 @@ def test_a_full_disk_ends_in_one_paragraph_with_a_loadable_checkpoint(tmp_path, 
     assert "Could not write" in result.stderr and "MB free on its disk" in result.stderr
     kept = int(result.stderr.split("at step ")[1].split(".")[0])
     assert f"resume=true hydra.run.dir={run}" in result.stderr
-    state = checkpoint.load(run / "checkpoints" / "last.pt")  # the last good one still loads
-    assert state["gan"]["step"] == kept > 0
+    state = TrainingState.load(run / "checkpoints" / "last.pt")  # the last good one still loads
+    assert state.step == kept > 0
     assert not list(run.rglob("*.tmp*"))  # no half-written temporary file
-
-
-def test_a_run_recorded_before_trainer_deterministic_existed_resumes(tmp_path):
-    """Its checkpoint and .hydra/config.yaml lack the key: it ran without deterministic kernels,
-    the same config as today's default, not another one."""
-    train(tiny_cfg("trainer.steps=2"), tmp_path)
-    path = tmp_path / "checkpoints" / "last.pt"
-    state = torch.load(path, weights_only=False)
-    del state["config"]["trainer"]["deterministic"]
-    torch.save(state, path)
-    assert train(tiny_cfg("trainer.steps=4", "resume=true"), tmp_path)["status"] == "ok"
 
 
 def test_a_resume_on_another_thread_count_says_it_is_no_longer_bit_exact(tmp_path, caplog):

@@ -4,20 +4,20 @@ sweep reports and sample export."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import from_conf, read_events, tiny_cfg
+from conftest import from_conf, read_events, tiny_cfg, train
 from gan_experiments import data, sample
 from gan_experiments.lifecycle import StartRefused
 from gan_experiments.metrics import classifier
 from gan_experiments.metrics.evaluator import Evaluator
 from gan_experiments.metrics.frechet import frechet_distance
 from gan_experiments.metrics.modes import mode_metrics
-from gan_experiments.train import train
 
 
 def test_real_ring_samples_cover_every_mode():
@@ -97,8 +97,8 @@ def test_each_metric_records_how_it_was_measured(digits_classifier, tmp_path):
     cfg = tiny_cfg(f"eval.cache_dir={cache}", f"eval.inception_weights={tmp_path}/absent.pth",
                    "eval.classifier_steps=600", "eval.num_samples=300")
     evaluator = Evaluator(cfg.eval, digits, 8, torch.device("cpu"), 0)
-    how = evaluator.measured["fid_classifier"]
-    assert how == evaluator.measured["class_coverage"]
+    how = evaluator.methods["fid_classifier"]
+    assert how == evaluator.methods["class_coverage"]
     assert how["weights_sha256"] == classifier.weights_sha256(model)  # the cached model's weights
     assert how["generated"] == 300 and how["real"].startswith(f"digits: 300 of {len(digits)} images")
     assert "classifier" in how["extractor"]
@@ -112,11 +112,11 @@ def test_each_metric_records_how_it_was_measured(digits_classifier, tmp_path):
 def test_run_writes_metrics_everywhere(tmp_path):
     summary = train(tiny_cfg("data=ring", "eval.every=2", "eval.num_samples=500", "trainer.ema_decay=0.5",
                              model="mlp"), tmp_path)
-    saved = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    saved = json.loads((tmp_path / "status.json").read_text())["metrics"]
     assert {"metrics/modes", "metrics/hq", "metrics/reverse_kl", "metrics_ema/modes"} <= saved.keys()
     assert saved["metrics/reverse_kl"]["step"] == 4  # every metric carries its step
-    assert "mixture's modes" in saved["metrics/reverse_kl"]["measured"]["extractor"]  # and its protocol
-    assert saved["metrics/reverse_kl"]["measured"]["generated"] == 500
+    assert "mixture's modes" in saved["metrics/reverse_kl"]["method"]["extractor"]  # and its protocol
+    assert saved["metrics/reverse_kl"]["method"]["generated"] == 500
     assert summary["objective"] == "reverse_kl" and summary["value"] == saved["metrics/reverse_kl"]["value"]
     events = read_events(tmp_path)
     assert [e.step for e in events.Scalars("metrics/hq")] == [2, 4]
@@ -178,7 +178,9 @@ def test_one_registry_says_which_way_each_metric_is_better():
 
     from conftest import CONF
     from gan_experiments.metrics import registry
+    from gan_experiments.record import RunRecord
     from gan_experiments.report import summarise
+    from gan_experiments.sweep import Run
 
     assert registry.higher_is_better("modes") and registry.higher_is_better("metrics/class_coverage")
     assert not registry.higher_is_better("fid_classifier") and not registry.higher_is_better("final/loss_G")
@@ -190,8 +192,7 @@ def test_one_registry_says_which_way_each_metric_is_better():
                           return_hydra_config=True)
         assert cfg.hydra.sweeper.direction == way
     # The report sorts the most modes first.
-    runs = [{"dir": f"r{i}", "overrides": [f"loss={loss}"],
-             "status": {"status": "ok", "objective": "modes", "value": v, "metrics": {}}}
+    runs = [Run(Path(f"r{i}"), [f"loss={loss}"], RunRecord("ok", 4, 4, "modes", v))
             for i, (loss, v) in enumerate((("bce", 3), ("nonsat", 8)))]
     rows, _, _ = summarise(runs)
     assert [r.config for r in rows] == ["loss=nonsat", "loss=bce"]

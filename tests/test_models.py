@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import from_conf, make_cfg
+from conftest import from_conf, make_cfg, train
 from gan_experiments.errors import UserError
 from gan_experiments.models import dcgan, mlp
 
@@ -222,7 +222,6 @@ def test_batch_norm_with_one_example_per_batch_is_one_paragraph(tmp_path, overri
     """The issue's case, and a PacGAN batch: named in one paragraph, never torch's traceback."""
     from conftest import tiny_cfg
     from gan_experiments.errors import UserError
-    from gan_experiments.train import train
 
     with pytest.raises(UserError, match=rf"trainer.batch_size=\d: {key} would normalise 1 example"):
         train(tiny_cfg(*overrides, model="mlp"), tmp_path / "run")

@@ -8,9 +8,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from conftest import CONF, make_cfg, tiny_cfg
+from conftest import CONF, make_cfg, tiny_cfg, train
 from gan_experiments.models import mlp
-from gan_experiments.train import train
 
 PACGAN = ["pacgan_ring", "pacgan_grid"]
 # Table 1 of Lin et al. 2018, GAN (pack 1) and PacGAN2: (modes, hq, reverse_kl) means.

@@ -2,7 +2,6 @@
 event files and sample PNGs, as a sweep leaves them."""
 
 import csv
-import json
 import re
 
 import numpy as np
@@ -14,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import save_image
 
 from gan_experiments import report
+from gan_experiments.record import Measurement, RunRecord
 
 PACGAN_REFERENCE = {
     "source": "Lin et al. 2018, PacGAN, Table 1 (10 runs per row)",
@@ -47,12 +47,9 @@ def write_run(sweep, overrides, status, objective="fid_classifier", metrics=None
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config or {"seed": 0}))
-    tagged = {f"metrics/{k}": {"value": v, "step": 20, **({"measured": how} if how else {})}
-              for k, v in (metrics or {}).items()}
+    tagged = {f"metrics/{k}": Measurement(v, 20, how) for k, v in (metrics or {}).items()}
     value = (metrics or {}).get(objective) if status == "ok" else None
-    (run / "status.json").write_text(json.dumps({
-        "status": status, "step": 20, "steps": 20, "objective": objective, "value": value,
-        "metrics": tagged}))
+    RunRecord(status, 20, 20, objective, value, tagged).write(run)
     if curves:
         with SummaryWriter(run) as writer:
             for tag, values in curves.items():

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from conftest import TINY, TINY_MODEL, run_cli, tiny_cfg, tree_snapshot
+from conftest import TINY, TINY_MODEL, run_cli, tiny_cfg, train, tree_snapshot
 from gan_experiments.lifecycle import (
     GROWABLE,
     RESULT_NEUTRAL,
@@ -16,7 +16,7 @@ from gan_experiments.lifecycle import (
     claim,
     decide_start,
 )
-from gan_experiments.train import resolved, train
+from gan_experiments.train import resolved
 
 RING = ["data=ring", "model=mlp", *TINY_MODEL["mlp"]]
 
@@ -200,23 +200,3 @@ def test_a_finished_run_without_its_checkpoint_is_refused_not_retrained(tmp_path
     (run / "checkpoints" / "last.pt").unlink()
     with pytest.raises(StartRefused, match="whose checkpoint .* is missing"):
         decide_start(run, resolved(ring_cfg()), rerun=True)
-
-
-@pytest.mark.parametrize("penalty,legacy,kind", [
-    ("none", {"penalty": "none", "penalty_weight": 10.0}, "skip"),
-    ("wgan_gp", {"penalty": "wgan_gp", "penalty_weight": 10.0}, "skip"),
-    ("wgan_gp", {"penalty": "wgan_gp", "penalty_weight": 1.0}, "loss.penalty.weight: 1.0 -> 10.0"),
-    ("r1", {"penalty": "r1", "penalty_weight": 10.0}, "loss.penalty: r1 -> "),  # R1 changed
-])
-def test_a_run_recorded_before_the_penalty_option_is_compared_as_that_option(tmp_path, penalty, legacy, kind):
-    """Runs recorded with `loss.penalty: <name>` and `loss.penalty_weight` (before conf/loss/penalty)
-    continue where they computed what today's option computes, and are refused where not."""
-    import torch
-
-    run = tmp_path / "run"
-    assert train(ring_cfg(f"loss/penalty={penalty}"), run)["status"] == "ok"
-    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    del saved["config"]["loss"]["penalty"]
-    saved["config"]["loss"].update(legacy)
-    torch.save(saved, run / "checkpoints" / "last.pt")
-    assert kind in verdict(run, f"loss/penalty={penalty}")

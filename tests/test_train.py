@@ -11,11 +11,10 @@ import pytest
 import torch
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import read_events, tiny_cfg
+from conftest import read_events, tiny_cfg, train
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import StartRefused
 from gan_experiments.summaries import HParams
-from gan_experiments.train import SCALARS, train
+from gan_experiments.train import SCALARS
 
 LOSSES = ["bce", "nonsat", "smooth", "hinge", "lsgan", "wgan", "wgan_gp"]
 
@@ -202,8 +201,10 @@ def test_a_job_of_a_stopped_sweep_stops_as_soon_as_it_takes_the_signals(tmp_path
     with pytest.raises(StopNow, match="a stop of its sweep"):
         with stop_requests(sweep_dir=tmp_path):
             pass
-    with pytest.raises(StartRefused, match="Stopped by the sweep before the run started"):
-        train(tiny_cfg(), tmp_path / "job", sweep_dir=tmp_path)
+    from gan_experiments.run import run
+
+    outcome = run(tiny_cfg(), tmp_path / "job", sweep_dir=tmp_path)
+    assert outcome.kind == "not_started" and outcome.message == "the sweep was stopped"
     assert not (tmp_path / "job").exists()  # never started: a rerun starts it afresh
 
 

@@ -66,10 +66,9 @@ class Evaluator:
         self.cfg, self.data, self.latent_dim, self.device = cfg, data, latent_dim, device
         self.seed, self.progress = seed, progress or Progress(False)
         self.metric_fns, self.names = [], []
-        self.info: dict[str, float] = {}
         # How each metric is measured, stored beside every value it gives: two values are
         # comparable only where these agree (see report.py).
-        self.measured: dict[str, dict] = {}
+        self.methods: dict[str, dict] = {}
         # Building metric models draws random initial weights: keep that out of the run's RNG
         # stream, or a run would train differently depending on what the cache holds.
         with torch.random.fork_rng(devices=self._cuda()):
@@ -91,11 +90,10 @@ class Evaluator:
         if available["classifier"] is None:
             model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps,
                                                        self.progress)
-            self.info["classifier_accuracy"] = accuracy
             self.metric_fns.append(classifier.ClassifierMetrics(model, self._real_chunks(), data.labels, device))
             self._add("classifier", extractor=f"classifier CNN trained on {data.name} "
-                      f"({classifier.FEATURES} features)", weights_sha256=classifier.weights_sha256(model),
-                      real=real_split)
+                      f"({classifier.FEATURES} features, held-out accuracy {accuracy:.4f})",
+                      weights_sha256=classifier.weights_sha256(model), real=real_split)
         elif cfg.classifier:
             log.info("Classifier metrics skipped: %s.", available["classifier"])
         if available["inception"] is None:
@@ -112,7 +110,7 @@ class Evaluator:
                "generated": self.cfg.num_samples, "real": real}
         for name in registry.names(family):
             self.names.append(name)
-            self.measured[name] = how
+            self.methods[name] = how
 
     def _real_chunks(self) -> Iterator[torch.Tensor]:
         """`eval.num_samples` real images in [-1, 1], CHUNK at a time: a random subset drawn

@@ -36,6 +36,14 @@ def names(family: str) -> list[str]:
     return [m.name for m in METRICS.values() if m.family == family]
 
 
+def tag(name: str, generator: str = "") -> str:
+    """The TensorBoard tag (and status.json key) of a metric: `metrics/<name>` for the trained
+    generator, `metrics_ema/<name>` for its EMA (generator="_ema"), `final/<name>` for a loss."""
+    if METRICS[name].family == "loss":
+        return f"final/{name}"
+    return f"metrics{generator}/{name}"
+
+
 def higher_is_better(name: str) -> bool:
     """For a metric name or a TensorBoard tag (`metrics/modes`, `final/loss_G`); unknown names
     are minimised."""
