@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gan_experiments import checkpoint
-from gan_experiments.config import register_configs
+from gan_experiments.config import check_yaml_files, register_configs
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import Start
 from gan_experiments.paths import RunPaths
@@ -131,4 +131,5 @@ def join_sweep(hydra_cfg, sweep_dir: Path) -> set[str]:
 
 
 if __name__ == "__main__":
+    check_yaml_files(sys.argv[1:])
     main()

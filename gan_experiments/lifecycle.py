@@ -13,8 +13,10 @@ import yaml
 from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from gan_experiments import checkpoint
+from gan_experiments.config import out_of_range
 from gan_experiments.errors import UserError
 from gan_experiments.paths import RunPaths
 from gan_experiments.record import FINAL, RunRecord
@@ -105,10 +107,17 @@ def recorded_config(paths: RunPaths, saved: TrainingState | None) -> dict | None
         return None
 
 
-def check_counts(trainer) -> None:
-    for name in ("steps", "batch_size", "d_steps", "log_every", "sample_every", "checkpoint_every"):
-        if trainer[name] < 1:
-            raise StartRefused(f"trainer.{name} must be at least 1, got {trainer[name]}.")
+def check_values(cfg: DictConfig) -> None:
+    """Raises StartRefused, naming each key, for a value outside the range its schema declares
+    (config.out_of_range), an interpolation that does not resolve, or a value left missing."""
+    try:
+        problems = out_of_range(cfg)
+    except (InterpolationResolutionError, MissingMandatoryValue) as error:
+        raise StartRefused(f"{error.full_key}: {str(error.msg).splitlines()[0]}. Fix that value (on the command line, "
+                           f"in its option's YAML or in your --config-dir).") from None
+    if problems:
+        raise StartRefused(f"{'; '.join(problems)}. Choose values in range (on the command line, in "
+                           f"the option's YAML or in your --config-dir).")
 
 
 def load_checkpoint(paths: RunPaths) -> TrainingState:
@@ -127,7 +136,6 @@ def decide_start(run_dir: Path, config: dict, rerun: bool = False) -> Start:
     not below the step it reached): a finished run (ok, diverged) is skipped, or trained
     further when trainer.steps grew; an interrupted, failed or killed one resumes from its
     checkpoint, or starts over if it had none."""
-    check_counts(config["trainer"])
     paths = RunPaths(run_dir)
     record = RunRecord.read(run_dir)
     has_checkpoint = paths.checkpoint.exists()
@@ -187,19 +195,29 @@ def check_writable(folder: Path, key: str) -> None:
                            f"{key} at a folder you can write.") from None
 
 
-class CheckOutputFolder(Callback):
-    """Before Hydra creates the run's (or the sweep's) folder: one that cannot be written is one
-    paragraph naming hydra.run.dir (hydra.sweep.dir), not Hydra's traceback."""
+class CheckStart(Callback):
+    """Before Hydra creates the run's folder: values out of range, or a config that does not
+    resolve, and a run (or sweep) folder that cannot be written, are one paragraph naming the
+    key, not Hydra's traceback, and nothing is written."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config.hydra.run.dir, "hydra.run.dir")
+        self._refuse_unless(lambda: check_values(config))
+        self._refuse_unless(lambda: check_writable(Path(config.hydra.run.dir), "hydra.run.dir"))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        # Each job's values are checked by the job (run.run): a sweep may vary them.
+        from gan_experiments.sweep import optuna_problems
+
+        problems = optuna_problems(config)
+        if problems:
+            raise SystemExit(f"\nError: Optuna cannot search {'; '.join(problems)}. Fix the range (a log "
+                             f"interval must start above 0, an interval's start be below its end). "
+                             f"Nothing was written.\n")
+        self._refuse_unless(lambda: check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir"))
 
     @staticmethod
-    def _check(folder: str, key: str) -> None:
+    def _refuse_unless(check) -> None:
         try:
-            check_writable(Path(folder), key)
+            check()
         except StartRefused as error:
             raise SystemExit(f"\nError: {error} Nothing was written.\n") from None

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
-from gan_experiments.lifecycle import Start, StartRefused, claim, decide_start
+from gan_experiments.lifecycle import Start, StartRefused, check_values, claim, decide_start
 from gan_experiments.paths import RunPaths
 from gan_experiments.record import Measurement, RunRecord
 from gan_experiments.state import TrainingState
@@ -60,6 +60,7 @@ def run(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None, sweep_di
     if sweep_dir is not None and sweep_stopped(sweep_dir):
         return Outcome("not_started", message="the sweep was stopped")
     try:
+        check_values(cfg)  # before the folder is touched
         with claim(run_dir):
             start = decide_start(run_dir, resolved(cfg), rerun=sweep_dir is not None)
             if start.kind == "skip":

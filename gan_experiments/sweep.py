@@ -125,6 +125,28 @@ class Run:
     record: RunRecord
 
 
+def optuna_problems(config: DictConfig) -> list[str]:
+    """For an Optuna sweep: 'key=value: why' for each search-space entry (hydra.sweeper.params
+    and the command line's sweep overrides) that Optuna would refuse, found with the plugin's own
+    parser before any trial starts (a log interval from 0, an empty interval)."""
+    if "optuna" not in str(config.hydra.sweeper.get("_target_", "")):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    problems = []
+    for argument in arguments:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([argument])
+            if override.is_sweep_override():
+                create_optuna_distribution_from_override(override)
+        except Exception as error:  # Optuna and the parser raise ValueError, AssertionError, ...
+            problems.append(f"{argument}: {' '.join(str(error).split()).rstrip('.') or type(error).__name__}")
+    return problems
+
+
 def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[Run]:
     """Every run under `sweep_dir` whose folder has a status.json matching `pattern`."""
     runs = []

@@ -112,7 +112,7 @@ def test_a_crash_after_the_start_is_recorded_as_failed(tmp_path, monkeypatch):
 
 
 def test_a_bad_model_is_a_refused_start(tmp_path):
-    with pytest.raises(StartRefused, match="model.latent_dim=-1"):
+    with pytest.raises(StartRefused, match="model.latent_dim must be at least 1, got -1"):
         train(tiny_cfg("model.latent_dim=-1"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
