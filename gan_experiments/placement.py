@@ -16,6 +16,7 @@ own GPU even when another has room, which costs time where jobs differ much in l
 
 import logging
 import math
+import socket
 from dataclasses import dataclass
 
 from gan_experiments.errors import UserError
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 # Long enough for a cluster that has the resources to place the group; past it the sweep runs
 # without spreading rather than waiting for resources another sweep holds.
 PLACEMENT_TIMEOUT_S = 60
+# How often the driver asks its Ray node whether it still answers while the jobs run.
+NODE_CHECK_S = 2.0
+
+
+class ClusterLost(Exception):
+    """The Ray node that the sweep's driver joined stopped answering: its raylet died (the OOM
+    killer's usual victim), and with it the jobs it ran. ray.get would wait forever."""
 
 
 def gpu_share(cluster_gpus: float, device: str, jobs_per_gpu: int) -> float:
@@ -153,9 +161,62 @@ def launch(launcher, job_overrides, initial_job_idx: int):
             hydra_context=launcher.hydra_context, sweep_config=config,
             task_function=launcher.task_function, singleton_state=Singleton.get_state())
             for config, option in zip(configs, options, strict=True)]
-        return [ray.get(run) for run in runs]
+        return wait_for_jobs(runs, driver_node())
+    except ClusterLost as error:
+        stop_lost_sweep(sweep_dir, str(error))  # exits: nothing of Ray's may be asked any more
     finally:
         if group is not None:
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(group)
+
+
+def driver_node() -> tuple[str, int]:
+    """The address and port of the raylet that this driver joined."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+    return node["NodeManagerAddress"], node["NodeManagerPort"]
+
+
+def answers(address: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Whether a raylet listens at address:port. A dead one's port refuses at once."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_jobs(runs: list, node: tuple[str, int], every_s: float = NODE_CHECK_S) -> list:
+    """ray.get of every job, in order. Raises ClusterLost within `every_s` seconds (plus a
+    second check's) of the driver's raylet (`node`) ending."""
+    import ray
+
+    pending, silent = list(runs), 0
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=every_s)
+        silent = 0 if not pending or answers(*node) else silent + 1
+        if silent >= 2:  # twice in a row: not a busy moment
+            raise ClusterLost(f"the Ray node at {node[0]}:{node[1]} (its raylet) stopped answering")
+    return ray.get(runs)
+
+
+def stop_lost_sweep(sweep_dir, why: str) -> None:
+    """After ClusterLost: each job still recorded `running` is recorded `stopped` (its process
+    died with the raylet; its last checkpoint stands), the status table is printed, and the
+    driver exits non-zero at once (Ray's own exit handlers would wait for the dead cluster)."""
+    import os
+    import sys
+
+    from gan_experiments.sweep import record_lost_jobs, write_status_table
+
+    lost = record_lost_jobs(sweep_dir, f"Ray: {why}")
+    write_status_table(sweep_dir)
+    print(f"\nError: {why[0].upper() + why[1:]}, so the sweep stopped: {len(lost)} job"
+          f"{'s' * (len(lost) != 1)} that were training are recorded `stopped` ({', '.join(lost) or 'none'}). "
+          f"Restart Ray (or free the memory it ran out of), then run the same command again: "
+          f"finished jobs are skipped, the others resume from their checkpoints.", flush=True)
+    sys.stderr.flush()
+    os._exit(1)

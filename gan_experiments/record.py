@@ -8,6 +8,8 @@ A run moves running -> ok | diverged | interrupted | failed:
 - interrupted: stopped by a signal after writing a checkpoint; metrics may be older than the
   step; value null; a sweep rerun resumes it.
 - failed: an error after the start; value null; a sweep rerun resumes from the checkpoint.
+- stopped: its process was lost from outside (the Ray node it ran on died), as the sweep's
+  driver recorded; value null; a sweep rerun resumes it from its last checkpoint.
 """
 
 import json
@@ -22,7 +24,7 @@ from gan_experiments.metrics import registry
 from gan_experiments.paths import RunPaths
 
 # In the report's column order: the runs it averages first.
-STATUSES = ("ok", "interrupted", "diverged", "failed", "running")
+STATUSES = ("ok", "interrupted", "diverged", "failed", "stopped", "running")
 FINAL = ("ok", "diverged")  # a sweep rerun would only repeat these
 
 
@@ -85,8 +87,7 @@ class RunRecord:
         that do not apply are left out."""
         payload = {f.name: getattr(self, f.name) for f in fields(self)}
         payload["metrics"] = {tag: asdict(m) for tag, m in self.metrics.items()}
-        always = ("status", "step", "steps", "objective", "value", "metrics")
-        return strict({k: v for k, v in payload.items() if k in always or v is not None})
+        return strict({k: v for k, v in payload.items() if k not in _ONLY_WHERE_THEY_APPLY or v is not None})
 
     @classmethod
     def from_json(cls, data: dict) -> "RunRecord":
@@ -139,9 +140,19 @@ class RunRecord:
         self.status, self.step, self.ended, self.value = "failed", step, _now(), None
         self.error = f"{type(error).__name__}: {error}"
 
+    def lost(self, why: str) -> None:
+        """Stopped from outside without a word from the run: its step stays the last one
+        recorded (a checkpoint's), and `stopped_by` says what stopped it."""
+        self.status, self.ended, self.value, self.stopped_by = "stopped", _now(), None, why
+
     def value_of(self, tag: str) -> float | None:
         measured = self.metrics.get(tag)
         return measured.value if measured else None
+
+
+# Left out of status.json while None; every other field is always there (null: not known).
+_ONLY_WHERE_THEY_APPLY = ("ended", "first_started", "resumed_from_step", "resumed_on_other_arithmetic",
+                          "stopped_by", "error")
 
 
 def _now() -> str:

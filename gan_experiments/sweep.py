@@ -159,6 +159,16 @@ def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[Run]:
     return runs
 
 
+def record_lost_jobs(sweep_dir: Path, why: str) -> list[str]:
+    """Records each job of the sweep that is still `running` as `stopped` (`why`): its process
+    was lost from outside. Returns their folder names."""
+    lost = [run for run in find_runs(sweep_dir) if run.record.status == "running"]
+    for run in lost:
+        run.record.lost(why)
+        run.record.write(run.dir)
+    return [run.dir.name for run in lost]
+
+
 def job_rows(sweep_dir: Path) -> list[dict]:
     """The sweep table's rows, one per job, as the CSV writes them."""
     return [{"overrides": " ".join(run.overrides), "status": run.record.status, "step": run.record.step,

@@ -320,6 +320,60 @@ def test_sweep_joins_an_existing_ray_cluster(tmp_path):
         assert [r["status"] for r in status_table(sweep_dir).values()] == ["ok", "ok"]
 
 
+def _raylet_of(ray_tmpdir: str) -> int:
+    """The pid of the raylet of the cluster whose temp dir is `ray_tmpdir` (its socket paths
+    are under it), found in /proc: this test's cluster's, never another one's."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if proc.name.isdigit() and cmdline[0].endswith("raylet") and any(ray_tmpdir in a for a in cmdline):
+            return int(proc.name)
+    raise AssertionError(f"no raylet under {ray_tmpdir}")
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_ray_node_dies_stops_with_its_table(tmp_path):
+    """The raylet killed under a running sweep, as the OOM killer does: the driver used to wait
+    forever, print no table, and leave its jobs `running`. It must notice within seconds,
+    record the jobs `stopped` at their last checkpoint, print the table, say how to resume,
+    and exit non-zero."""
+    with ray_head(tmp_path, "--num-cpus=2") as (_, env):
+        sweep_dir = tmp_path / "sweep"
+        preset = tmp_path / "my_conf" / "experiment" / "tiny_ring.yaml"
+        preset.parent.mkdir(parents=True)
+        preset.write_text(_nest([*TINY, *TINY_MODEL["mlp"], "trainer.steps=100000", "trainer.checkpoint_every=20",
+                                 "trainer.sample_every=100000", "trainer.log_every=100", "eval.every=0"]))
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "gan_experiments", "-m", "--config-dir", str(tmp_path / "my_conf"),
+             "+experiment=tiny_ring", "seed=0,1", "hydra.launcher.ray.init.address=auto",
+             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 180
+            while len(list(sweep_dir.glob("*/checkpoints/last.pt"))) < 2:
+                assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
+                time.sleep(0.5)
+            os.kill(_raylet_of(env["RAY_TMPDIR"]), signal.SIGKILL)
+            killed = time.monotonic()
+            output, _ = driver.communicate(timeout=120)
+            noticed_s = time.monotonic() - killed
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.communicate()
+    assert driver.returncode != 0, output
+    assert noticed_s < 30, noticed_s
+    records = status_table(sweep_dir)
+    assert [r["status"] for r in records.values()] == ["stopped", "stopped"], output
+    for job in sweep_dir.glob("seed=*"):
+        saved = torch.load(job / "checkpoints" / "last.pt", weights_only=False)
+        assert json.loads((job / "status.json").read_text())["step"] == saved["gan"]["step"]
+    assert "stopped answering" in output and "run the same command again" in output
+    assert "Traceback" not in output
+
+
 # Jobs long enough to overlap, short enough for nine at once on two cores.
 OVERLAPPING = ["trainer.steps=150", "trainer.sample_every=1000", "trainer.log_every=50",
                "trainer.checkpoint_every=1000", "eval.every=0"]
