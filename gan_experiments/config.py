@@ -308,7 +308,7 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     every: int = at_least(0)  # steps between evaluations; 0 = only at the end
-    num_samples: int = at_least(2)
+    num_samples: int = at_least(registry.K_DENSITY_COVERAGE + 1)  # k-NN balls need k others
     objective: str = MISSING  # the metric the run returns to Hydra (and so to a sweeper)
     classifier: bool = MISSING
     classifier_steps: int = at_least(1)  # Adam steps of batch 128 for the dataset classifier

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import from_conf, read_events, tiny_cfg, train
 from gan_experiments import data, sample
 from gan_experiments.lifecycle import StartRefused
-from gan_experiments.metrics import classifier
+from gan_experiments.metrics import classifier, manifold
 from gan_experiments.metrics.evaluator import Evaluator
 from gan_experiments.metrics.frechet import frechet_distance
 from gan_experiments.metrics.modes import mode_metrics
@@ -83,6 +83,87 @@ def test_classifier_fid_orders_real_noise(digits_classifier):
     assert real_vs_noise["class_kl"] > real_vs_real["class_kl"]
 
 
+def test_precision_recall_density_coverage_equal_the_authors_prdc():
+    """The authors' `prdc` package (Naeem et al.) on the same features, at the ks the issue names
+    (3 for precision and recall as Kynkäänniemi et al. and torch-fidelity, 5 for density and
+    coverage); a small block exercises the chunked distances."""
+    prdc = pytest.importorskip("prdc")
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(700, 16))
+    fake = rng.normal(0.3, 1.2, size=(600, 16))
+    ours = manifold.precision_recall_density_coverage(torch.from_numpy(real), torch.from_numpy(fake), 3, 5, block=97)
+    at_3 = prdc.compute_prdc(real, fake, nearest_k=3)
+    at_5 = prdc.compute_prdc(real, fake, nearest_k=5)
+    expected = {"precision": at_3["precision"], "recall": at_3["recall"],
+                "density": at_5["density"], "coverage": at_5["coverage"]}
+    assert ours == pytest.approx(expected, abs=1e-6)
+
+
+def test_kid_equals_torchmetrics_kernel_inception_distance():
+    """With one subset of every sample, both are the unbiased MMD² of the whole sets: no
+    sampling left to differ in."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from gan_experiments.metrics.inception import PrecomputedFeatures
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(300, 32, generator=generator), torch.randn(300, 32, generator=generator) * 1.1 + 0.1
+    features = PrecomputedFeatures()
+    features.num_features = 32
+    reference = KernelInceptionDistance(feature=features, subsets=1, subset_size=300)
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    expected = float(reference.compute()[0])
+    assert manifold.kernel_distance(real, fake, subsets=1, subset_size=300) == pytest.approx(expected, rel=1e-5)
+    # Unbiased: two samples of one distribution average near 0 (FID stays biased upwards).
+    same = [manifold.kernel_distance(torch.randn(200, 32, generator=generator), torch.randn(200, 32, generator=generator),
+                                     subsets=10, subset_size=100, generator=generator) for _ in range(20)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same)) + 1e-4
+
+
+def test_frechet_distance_equals_pytorch_fid_formula():
+    """pytorch-fid's calculate_frechet_distance: scipy.linalg.sqrtm of the covariances' product."""
+    from scipy import linalg
+
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(500, 20, generator=generator), torch.randn(400, 20, generator=generator) * 1.3 + 0.2
+    mu1, mu2 = a.double().mean(0).numpy(), b.double().mean(0).numpy()
+    s1, s2 = np.cov(a.double().numpy(), rowvar=False), np.cov(b.double().numpy(), rowvar=False)
+    covmean, _ = linalg.sqrtm(s1.dot(s2), disp=False)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_classifier_score_is_the_inception_score_formula():
+    ten = torch.eye(10).repeat(5, 1)  # confident and spread over 10 classes: the maximum
+    assert classifier.classifier_score(ten) == pytest.approx(10.0)
+    assert classifier.classifier_score(torch.eye(10)[[3] * 50]) == pytest.approx(1.0)  # one class
+    probabilities = torch.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(2)), 1).double()
+    marginal = probabilities.mean(0)
+    expected = math.exp(np.mean([float((p * (p / marginal).log()).sum()) for p in probabilities]))
+    assert classifier.classifier_score(probabilities) == pytest.approx(expected)
+
+
+def test_quality_and_diversity_read_apart_on_real_digits(digits_classifier):
+    """A held-out half of the real digits against the other half: all four near 1. A
+    'generator' that returns one class only: precise (its samples look real) but recall and
+    coverage near 0 (it misses the other nine classes), which FID alone cannot tell apart."""
+    digits, model, _, _ = digits_classifier
+    real = data.to_signed_unit(digits.images)
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+    half_a, half_b = order[:898], order[898:]
+    metrics = classifier.ClassifierMetrics(model, real[half_a].split(500), digits.labels[half_a], torch.device("cpu"))
+    halves = metrics(real[half_b])
+    assert min(halves[f"{m}_classifier"] for m in ("precision", "recall", "coverage")) > 0.85
+    assert 0.8 < halves["density_classifier"] < 1.25
+    ones = real[half_b][digits.labels[half_b] == 1]
+    one_class = metrics(ones)
+    assert one_class["precision_classifier"] > 0.85
+    assert one_class["recall_classifier"] < 0.2 and one_class["coverage_classifier"] < 0.2
+    assert one_class["classifier_score"] < 1.5 < halves["classifier_score"]
+    assert halves["kid_classifier"] < one_class["kid_classifier"]
+
+
 def test_inception_is_skipped_with_one_message_when_weights_are_missing(tmp_path, caplog):
     cfg = tiny_cfg(f"eval.cache_dir={tmp_path}", f"eval.inception_weights={tmp_path}/absent.pth",
                    "eval.classifier_steps=50")
@@ -99,6 +180,9 @@ def test_each_metric_records_how_it_was_measured(digits_classifier, tmp_path):
     evaluator = Evaluator(cfg.eval, digits, 8, torch.device("cpu"), 0)
     how = evaluator.methods["fid_classifier"]
     assert how == evaluator.methods["class_coverage"]
+    # The k of the k-NN balls and KID's subsets are recorded with each value, from the registry.
+    assert evaluator.methods["precision_classifier"]["k"] == 3 and evaluator.methods["coverage_classifier"]["k"] == 5
+    assert evaluator.methods["kid_classifier"]["subsets"] == 1
     assert how["weights_sha256"] == classifier.weights_sha256(model)  # the cached model's weights
     assert how["generated"] == 300 and how["real"].startswith(f"digits: 300 of {len(digits)} images")
     assert "classifier" in how["extractor"]
@@ -226,6 +310,42 @@ def test_inception_fid_and_kid_take_one_pass_and_equal_torchmetrics_own(random_i
     theirs_kid = float(kid.compute()[0])
     assert result["fid_inception"] == pytest.approx(float(fid.compute()), rel=1e-6)
     assert result["kid_inception"] == pytest.approx(theirs_kid, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_the_inception_path_equals_torch_fidelity_end_to_end(random_inception_weights):
+    """torch-fidelity on the same images (as uint8 RGB, which both feed Inception) and the same
+    weights file: the same FID, KID (one subset of every image, so no sampling differs) and
+    precision and recall (k = 3)."""
+    import torch_fidelity
+
+    from gan_experiments.metrics.inception import InceptionMetrics, as_rgb_uint8
+
+    generator = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(24, 1, 16, 16, generator=generator) * 2 - 1, torch.rand(24, 1, 16, 16, generator=generator)
+    ours = InceptionMetrics(random_inception_weights, real.split(16), torch.device("cpu"))
+    ours.kid = type(ours.kid)(feature=ours.kid.inception, reset_real_features=False, subsets=100, subset_size=24)
+    ours.kid.update(ours.real_features, real=True)
+    result = ours(fake)
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, images):
+            self.images = as_rgb_uint8(images)
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, i):
+            return self.images[i]
+
+    theirs = torch_fidelity.calculate_metrics(
+        input1=Images(fake), input2=Images(real), cuda=False, fid=True, kid=True, prc=True, verbose=False,
+        feature_extractor="inception-v3-compat", feature_layer_prc="2048",  # its default for prc is VGG16
+        feature_extractor_weights_path=str(random_inception_weights), kid_subsets=1, kid_subset_size=24)
+    assert result["fid_inception"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
+    assert result["kid_inception"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-4, abs=1e-9)
+    assert result["precision_inception"] == pytest.approx(theirs["precision"], abs=1e-6)
+    assert result["recall_inception"] == pytest.approx(theirs["recall"], abs=1e-6)
 
 
 def test_the_sampler_names_a_sweeps_runs_and_refuses_a_bad_count(tmp_path, capsys):

@@ -113,7 +113,7 @@ def test_a_range_of_a_users_own_option_is_checked(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args,named", [
     # Used to train, then die in linalg.eigh at the final evaluation: status failed, no checkpoint.
-    (["eval.num_samples=1"], "eval.num_samples must be at least 2, got 1"),
+    (["eval.num_samples=1"], "eval.num_samples must be at least 6, got 1"),
     # Used to be torch's raw ValueError, not naming the key, leaving a .lock behind.
     (["optimizer.d.lr=-2e-4"], "optimizer.d.lr must be above 0, got -0.0002"),
 ])

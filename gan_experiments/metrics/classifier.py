@@ -10,8 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gan_experiments.metrics import registry
 from gan_experiments.metrics.features import ChunkedMetric, full_precision
 from gan_experiments.metrics.frechet import frechet_distance
+from gan_experiments.metrics.manifold import kernel_distance, precision_recall_density_coverage
 from gan_experiments.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,9 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
     @torch.no_grad()
-    def features_and_predictions(self, images: torch.Tensor, batch: int = 500):
+    def features_and_logits(self, images: torch.Tensor, batch: int = 500):
         features = torch.cat([self.body(images[i:i + batch]) for i in range(0, len(images), batch)])
-        return features, self.head(features).argmax(1)
+        return features, self.head(features)
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -142,12 +144,17 @@ def load_or_train(data, cache_dir: Path, steps: int, progress: Progress | None =
 class ClassifierMetrics(ChunkedMetric):
     """Compares generated images with the real ones through the dataset's classifier, which runs
     on `device` (fp32, no TF32). `real_chunks`: the real images in [-1, 1], (N, C, H, W), in
-    chunks; `real_labels` their classes. Metrics: `fid_classifier` (Fréchet distance of the
-    128-d features, Heusel et al. 2017 eq. 6), `class_coverage` (classes predicted at least
-    once), `class_kl` (KL of the predicted class histogram to the real one, nats)."""
+    chunks; `real_labels` their classes; `seed` draws KID's subsets. On its 128-d features:
+    `fid_classifier` (Fréchet distance, Heusel et al. 2017 eq. 6), `kid_classifier` (unbiased
+    MMD², Bińkowski et al. 2018), `precision_classifier` / `recall_classifier` (Kynkäänniemi et
+    al. 2019) and `density_classifier` / `coverage_classifier` (Naeem et al. 2020). On its
+    predictions: `class_coverage` (classes predicted at least once), `class_kl` (KL of the
+    predicted class histogram to the real one, nats) and `classifier_score` (exp E KL(p(y|x) ||
+    p(y)), the Inception Score's formula, Salimans et al. 2016; 1 to the number of classes)."""
 
-    def __init__(self, classifier: Classifier, real_chunks, real_labels: torch.Tensor, device: torch.device):
-        self.classifier, self.device = classifier.to(device), device
+    def __init__(self, classifier: Classifier, real_chunks, real_labels: torch.Tensor, device: torch.device,
+                 seed: int = 0):
+        self.classifier, self.device, self.seed = classifier.to(device), device, seed
         self.real_features = torch.cat([self._features(chunk)[0] for chunk in real_chunks])
         counts = torch.bincount(real_labels.cpu(), minlength=classifier.head.out_features).double()
         self.real_histogram = counts / counts.sum()
@@ -155,28 +162,45 @@ class ClassifierMetrics(ChunkedMetric):
 
     def _features(self, images: torch.Tensor):
         with full_precision():
-            features, predicted = self.classifier.features_and_predictions(images.to(self.device).float())
-        return features.cpu(), predicted.cpu()
+            features, logits = self.classifier.features_and_logits(images.to(self.device).float())
+        return features.cpu(), logits.double().softmax(1).cpu()
 
     def reset(self) -> None:
         self.features: list[torch.Tensor] = []
-        self.counts = torch.zeros(len(self.real_histogram), dtype=torch.double)
+        self.probabilities: list[torch.Tensor] = []
 
     def update(self, fake: torch.Tensor) -> None:
-        features, predicted = self._features(fake)
+        features, probabilities = self._features(fake)
         self.features.append(features)
-        self.counts += torch.bincount(predicted, minlength=len(self.counts))
+        self.probabilities.append(probabilities)
 
     def compute(self) -> dict[str, float]:
-        p, q = self.counts / self.counts.sum(), self.real_histogram
+        fake, probabilities = torch.cat(self.features), torch.cat(self.probabilities)
+        counts = torch.bincount(probabilities.argmax(1), minlength=len(self.real_histogram)).double()
+        p, q = counts / counts.sum(), self.real_histogram
         present = p > 0
         # A class the real data lacks gets a floor probability, keeping the KL finite.
         class_kl = float((p[present] * (p[present] / q[present].clamp_min(1e-6)).log()).sum())
+        manifold = precision_recall_density_coverage(self.real_features, fake, registry.K_PRECISION_RECALL,
+                                                     registry.K_DENSITY_COVERAGE)
+        kid = kernel_distance(self.real_features, fake, registry.KID_SUBSETS, registry.KID_SUBSET_SIZE,
+                              torch.Generator().manual_seed(self.seed))
         return {
-            "fid_classifier": frechet_distance(self.real_features, torch.cat(self.features)),
+            "fid_classifier": frechet_distance(self.real_features, fake),
             "class_coverage": int(present.sum()),
             "class_kl": class_kl,
+            **{f"{name}_classifier": value for name, value in manifold.items()},
+            "kid_classifier": kid,
+            "classifier_score": classifier_score(probabilities),
         }
+
+
+def classifier_score(probabilities: torch.Tensor) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) for class probabilities (N, classes): the Inception Score's
+    formula (Salimans et al. 2016, section 4), here with one split, on the dataset's classifier."""
+    marginal = probabilities.mean(0, keepdim=True)
+    kl = (probabilities * (probabilities.clamp_min(1e-30).log() - marginal.clamp_min(1e-30).log())).sum(1)
+    return float(kl.mean().exp())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,7 +90,8 @@ class Evaluator:
         if available["classifier"] is None:
             model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps,
                                                        self.progress)
-            self.metric_fns.append(classifier.ClassifierMetrics(model, self._real_chunks(), data.labels, device))
+            self.metric_fns.append(classifier.ClassifierMetrics(model, self._real_chunks(), data.labels, device,
+                                                                self.seed))
             self._add("classifier", extractor=f"classifier CNN trained on {data.name} "
                       f"({classifier.FEATURES} features, held-out accuracy {accuracy:.4f})",
                       weights_sha256=classifier.weights_sha256(model), real=real_split)
@@ -110,7 +111,7 @@ class Evaluator:
                "generated": self.cfg.num_samples, "real": real}
         for name in registry.names(family):
             self.names.append(name)
-            self.methods[name] = how
+            self.methods[name] = how | dict(registry.METRICS[name].settings)
 
     def _real_chunks(self) -> Iterator[torch.Tensor]:
         """`eval.num_samples` real images in [-1, 1], CHUNK at a time: a random subset drawn

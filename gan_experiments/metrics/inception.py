@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
+from gan_experiments.metrics import registry
 from gan_experiments.metrics.features import ChunkedMetric, full_precision
+from gan_experiments.metrics.manifold import precision_recall_density_coverage
 
 log = logging.getLogger(__name__)
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -38,8 +40,9 @@ class PrecomputedFeatures(torch.nn.Module):
 
 
 class InceptionMetrics(ChunkedMetric):
-    """`fid_inception` (Heusel et al. 2017) and `kid_inception` (Bińkowski et al. 2018, mean
-    over subsets of up to 1,000) of generated images against the real ones, both in [-1, 1]
+    """`fid_inception` (Heusel et al. 2017), `kid_inception` (Bińkowski et al. 2018, mean over
+    subsets of up to 1,000) and precision, recall, density and coverage (metrics/manifold.py,
+    `<name>_inception`) of generated images against the real ones, both in [-1, 1]
     (N, C, H, W), through torchmetrics. Inception-v3's pool3 features are computed once per
     image on `device` (fp32, no TF32) and shared by both metrics. `real_chunks`: the real images
     in chunks."""
@@ -60,6 +63,7 @@ class InceptionMetrics(ChunkedMetric):
         for features in real:
             self.fid.update(features, real=True)
             self.kid.update(features, real=True)
+        self.real_features = torch.cat(real).cpu()  # for the k-NN balls
 
     @torch.no_grad()
     def _features(self, images: torch.Tensor) -> torch.Tensor:
@@ -70,15 +74,20 @@ class InceptionMetrics(ChunkedMetric):
     def reset(self) -> None:
         self.fid.reset()  # keeps the real features (reset_real_features=False)
         self.kid.reset()
+        self.fake_features: list[torch.Tensor] = []
 
     def update(self, fake: torch.Tensor) -> None:
         features = self._features(fake)
         self.fid.update(features, real=False)
         self.kid.update(features, real=False)
+        self.fake_features.append(features.cpu())
 
     def compute(self) -> dict[str, float]:
         kid_mean, _ = self.kid.compute()
-        return {"fid_inception": float(self.fid.compute()), "kid_inception": float(kid_mean)}
+        manifold = precision_recall_density_coverage(self.real_features, torch.cat(self.fake_features),
+                                                     registry.K_PRECISION_RECALL, registry.K_DENSITY_COVERAGE)
+        return {"fid_inception": float(self.fid.compute()), "kid_inception": float(kid_mean),
+                **{f"{name}_inception": value for name, value in manifold.items()}}
 
 
 def as_rgb_uint8(images: torch.Tensor) -> torch.Tensor:

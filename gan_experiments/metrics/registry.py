@@ -11,6 +11,14 @@ class Metric:
     higher_is_better: bool
     family: str  # the metric function that measures it (metrics/evaluator.py), "loss" for losses
     headline: bool = False  # eval.objective=auto picks the first headline metric a run measures
+    settings: tuple = ()  # (name, value) pairs the metric function reads, recorded with each value
+
+
+# The nearest neighbours of the k-NN balls (metrics/manifold.py), as the authors set them.
+K_PRECISION_RECALL, K_DENSITY_COVERAGE = 3, 5
+# KID's subsets (Bińkowski et al. 2018): one of every sample (None: all of them); see
+# metrics/manifold.kernel_distance.
+KID_SUBSETS, KID_SUBSET_SIZE = 1, None
 
 
 METRICS = {m.name: m for m in (
@@ -22,9 +30,21 @@ METRICS = {m.name: m for m in (
     Metric("fid_classifier", False, "classifier", headline=True),
     Metric("class_coverage", True, "classifier"),
     Metric("class_kl", False, "classifier"),
+    Metric("precision_classifier", True, "classifier", settings=(("k", K_PRECISION_RECALL),)),
+    Metric("recall_classifier", True, "classifier", settings=(("k", K_PRECISION_RECALL),)),
+    Metric("density_classifier", True, "classifier", settings=(("k", K_DENSITY_COVERAGE),)),
+    Metric("coverage_classifier", True, "classifier", settings=(("k", K_DENSITY_COVERAGE),)),
+    Metric("kid_classifier", False, "classifier",
+           settings=(("subsets", KID_SUBSETS), ("subset_size", KID_SUBSET_SIZE))),
+    # The Inception Score's formula (Salimans et al. 2016) with the dataset's own classifier.
+    Metric("classifier_score", True, "classifier"),
     # Inception features (Heusel et al. 2017; Bińkowski et al. 2018), when the weights are on disk.
     Metric("fid_inception", False, "inception"),
     Metric("kid_inception", False, "inception"),
+    Metric("precision_inception", True, "inception", settings=(("k", K_PRECISION_RECALL),)),
+    Metric("recall_inception", True, "inception", settings=(("k", K_PRECISION_RECALL),)),
+    Metric("density_inception", True, "inception", settings=(("k", K_DENSITY_COVERAGE),)),
+    Metric("coverage_inception", True, "inception", settings=(("k", K_DENSITY_COVERAGE),)),
     # The last logged losses; measured by every run.
     Metric("loss_G", False, "loss"),
     Metric("loss_D", False, "loss"),
