@@ -127,6 +127,13 @@ class RingDataConfig:
 
 
 @dataclass
+class StackedDataConfig:
+    _target_: str = MISSING
+    _recursive_: bool = MISSING  # false: the digits are built with the run's device
+    digits: Any = MISSING  # a one-channel labelled digits option (mnist_5k, mnist)
+
+
+@dataclass
 class GridDataConfig:
     _target_: str = MISSING
     side: int = at_least(1)
@@ -341,6 +348,7 @@ SCHEMAS = [
     ("data", "folder_schema", FolderDataConfig),
     ("data", "ring_schema", RingDataConfig),
     ("data", "grid_schema", GridDataConfig),
+    ("data", "stacked_schema", StackedDataConfig),
     ("model", "mlp_schema", MLPConfig),
     ("model", "dcgan_schema", DCGANConfig),
     ("loss", "loss_schema", LossConfig),

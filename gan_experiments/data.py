@@ -86,6 +86,28 @@ class ImageStreamData:
                     yield images
 
 
+class StackedDigits:
+    """Stacked MNIST (Metz et al. 2017; VEEGAN and PacGAN, Table 2): three digits of `digits`
+    drawn uniformly with replacement, stacked as the R, G and B channels, (3, H, W) in [-1, 1].
+    1,000 modes: each (d0, d1, d2). Drawn on the fly with torch's RNG, like ImageTensorData."""
+
+    is_image = True
+
+    def __init__(self, digits: ImageTensorData):
+        self.digits, self.name = digits, f"stacked_{digits.name}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (3, *self.digits.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.digits) ** 3  # the distinct stacks
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        index = torch.randint(len(self.digits), (n, 3), device=self.digits.images.device, generator=generator)
+        return to_signed_unit(self.digits.images[index].flatten(1, 2))  # (n, 3, 1, H, W) -> (n, 3, H, W)
+
+
 def check_batch_size(data, n: int) -> None:
     """Raises UserError where `data` cannot serve batches of `n`: a streamed set smaller than
     one batch, whose drop-last loader would yield nothing, forever. In-memory data and 2D
@@ -262,6 +284,18 @@ def _from_torchvision(cls, root, download, train, image_size, max_in_memory_mb, 
     images = _resize_uint8(images.contiguous(), image_size)
     labels = torch.as_tensor(dataset.targets).long()
     return ImageTensorData(images.to(device), labels.to(device), name)
+
+
+def stacked_mnist(*, digits, device="cpu") -> StackedDigits:
+    """Stacked MNIST over `digits`, a built conf/data option (node): mnist_5k offline, or mnist
+    (70,000 digits) where its files are present."""
+    from hydra.utils import instantiate
+
+    base = instantiate(digits, device=device)
+    if getattr(base, "labels", None) is None or base.shape[0] != 1:
+        raise UserError(f"data.digits must be a one-channel labelled digits set (mnist_5k or mnist); "
+                        f"{base.name} is not.")
+    return StackedDigits(base)
 
 
 def mnist(*, root, download, train, image_size, max_in_memory_mb, device="cpu"):

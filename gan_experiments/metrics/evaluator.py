@@ -7,11 +7,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from gan_experiments.data import StackedDigits
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import check_writable
 from gan_experiments.metrics import classifier, inception, registry
 from gan_experiments.metrics.features import CHUNK
 from gan_experiments.metrics.modes import ModeMetrics
+from gan_experiments.metrics.stacked import MODES, StackedModeMetrics
 from gan_experiments.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,9 @@ def families(cfg: DictConfig, data) -> dict[str, str | None]:
     family of the registry, with None where it is measured, else why not."""
     if not data.is_image:
         return {"modes": None}
+    why_not_inception = inception.unavailable_reason(inception_weights(cfg)) if cfg.inception else "eval.inception=false"
+    if isinstance(data, StackedDigits):  # classified channel by channel with the digits' classifier
+        return {"stacked": None if cfg.classifier else "eval.classifier=false", "inception": why_not_inception}
     labels = getattr(data, "labels", None)
     if not cfg.classifier:
         why_not_classifier = "eval.classifier=false"
@@ -29,15 +34,20 @@ def families(cfg: DictConfig, data) -> dict[str, str | None]:
         why_not_classifier = f"{data.name} has no class labels to train on"
     else:
         why_not_classifier = None
-    why_not_inception = inception.unavailable_reason(inception_weights(cfg)) if cfg.inception else "eval.inception=false"
     return {"classifier": why_not_classifier, "inception": why_not_inception}
+
+
+def labelled(data):
+    """The labelled data set whose classifier the run's metrics use: the digits of stacked ones."""
+    return data.digits if isinstance(data, StackedDigits) else data
 
 
 def check_cache_dir(cfg: DictConfig, data) -> None:
     """Before the start: where the evaluation classifier must be trained, eval.cache_dir must be
     writable, or the trained classifier is lost at step 0 (raises StartRefused naming it)."""
-    if "classifier" in (available := families(cfg, data)) and available["classifier"] is None:
-        found, path = classifier.locate(data, Path(cfg.cache_dir), cfg.classifier_steps)
+    available = families(cfg, data)
+    if None in (available.get("classifier", ""), available.get("stacked", "")):
+        found, path = classifier.locate(labelled(data), Path(cfg.cache_dir), cfg.classifier_steps)
         if found is None:
             check_writable(path.parent, "eval.cache_dir")
 
@@ -87,7 +97,14 @@ class Evaluator:
         n_real = min(self.cfg.num_samples, len(data)) if hasattr(data, "images") else self.cfg.num_samples
         # The subset follows the run's seed, so seeds share the protocol, not the images.
         real_split = f"{data.name}: {n_real} of {len(data)} images, drawn with the run's seed"
-        if available["classifier"] is None:
+        if available.get("stacked", "") is None:
+            model, accuracy = classifier.load_or_train(data.digits, Path(cfg.cache_dir), cfg.classifier_steps,
+                                                       self.progress)
+            self.metric_fns.append(StackedModeMetrics(model, device))
+            self._add("stacked", extractor=f"classifier CNN trained on {data.digits.name}, per channel "
+                      f"(held-out accuracy {accuracy:.4f})", weights_sha256=classifier.weights_sha256(model),
+                      real=f"{MODES} modes (d0, d1, d2), uniform")
+        if available.get("classifier", "") is None:
             model, accuracy = classifier.load_or_train(data, Path(cfg.cache_dir), cfg.classifier_steps,
                                                        self.progress)
             self.metric_fns.append(classifier.ClassifierMetrics(model, self._real_chunks(), data.labels, device,
@@ -95,7 +112,7 @@ class Evaluator:
             self._add("classifier", extractor=f"classifier CNN trained on {data.name} "
                       f"({classifier.FEATURES} features, held-out accuracy {accuracy:.4f})",
                       weights_sha256=classifier.weights_sha256(model), real=real_split)
-        elif cfg.classifier:
+        elif cfg.classifier and "classifier" in available:
             log.info("Classifier metrics skipped: %s.", available["classifier"])
         if available["inception"] is None:
             weights = inception_weights(cfg)

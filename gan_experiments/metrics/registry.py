@@ -26,6 +26,9 @@ METRICS = {m.name: m for m in (
     Metric("reverse_kl", False, "modes", headline=True),
     Metric("modes", True, "modes"),
     Metric("hq", True, "modes"),
+    # Stacked MNIST's 1,000 modes, each channel classified (metrics/stacked.py; PacGAN Table 2).
+    Metric("stacked_kl", False, "stacked", headline=True),
+    Metric("stacked_modes", True, "stacked"),
     # The dataset's own classifier on labelled images (metrics/classifier.py).
     Metric("fid_classifier", False, "classifier", headline=True),
     Metric("class_coverage", True, "classifier"),
