@@ -1,7 +1,7 @@
 """`python -m gan_experiments.report <sweep_dir>`: one table of a sweep, seeds aggregated.
 
 Runs are grouped by their overrides minus `seed`. Only runs whose status is `ok` are averaged,
-as mean ± std (n) with a 95 % bootstrap interval of the mean; interrupted, diverged, failed and
+as mean ± std (n) with a 95 % bootstrap interval of the mean; interrupted, diverged, failed, stopped and
 still running runs are counted in their own columns. Groups are sorted by the sweep's objective,
 and each is compared with the best (or, with --pairs all, every pair) by the tests of
 comparison.py. A metric that the runs measured in different ways (feature extractor, its
@@ -197,12 +197,14 @@ def measurement_section(runs: list[Run], columns: list[str], mixed: dict) -> tup
         same = [c for c in columns if c not in mixed and any(
             method(r, c) == how for r in ok_runs(runs))]
         fields = json.loads(how)
-        weights = fields.get("weights_sha256")
+        weights = fields.pop("weights_sha256", None)
+        common = ("extractor", "generated", "real", "device")
+        settings = ", ".join(f"{k} = {v}" for k, v in fields.items() if k not in common)  # e.g. k-NN's k
         blocks.append(f"{', '.join(same)}: {fields['extractor']}"
                       + (f", weights sha256 {weights[:16]}…" if weights else "")
-                      + f"; {fields['generated']} generated samples against {fields['real']}.")
-    return "How the metrics were measured", blocks or ["The runs do not record how their metrics "
-                                                       "were measured (written by an older version)."]
+                      + f"; {fields['generated']} generated samples against {fields['real']}"
+                      + (f"; {settings}" if settings else "") + ".")
+    return "How the metrics were measured", blocks or ["No metric beyond the losses was measured."]
 
 
 # --- Comparisons --------------------------------------------------------------------------
@@ -473,7 +475,7 @@ def report(sweep_dir: Path, pairs: str = "best") -> str:
     intro = (f"Mean ± std (n) [95 % bootstrap CI of the mean] over the runs whose status is ok; "
              f"below n = {comparison.BCA_MIN_N} the interval is the percentile bootstrap's, which "
              f"is too narrow for a handful of runs (at n = 2 it is their range). Interrupted, "
-             f"diverged, failed and running runs are counted, never averaged in. The "
+             f"diverged, failed, stopped and running runs are counted, never averaged in. The "
              f"median and the best of the n runs are single runs, not the mean. Sorted by "
              f"{objective}, {better} is better."
              + (f" Every run has {' '.join(sorted(shared))}." if shared else ""))

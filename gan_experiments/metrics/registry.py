@@ -38,7 +38,7 @@ METRICS = {m.name: m for m in (
     Metric("density_classifier", True, "classifier", settings=(("k", K_DENSITY_COVERAGE),)),
     Metric("coverage_classifier", True, "classifier", settings=(("k", K_DENSITY_COVERAGE),)),
     Metric("kid_classifier", False, "classifier",
-           settings=(("subsets", KID_SUBSETS), ("subset_size", KID_SUBSET_SIZE))),
+           settings=(("subsets", KID_SUBSETS), ("subset_size", KID_SUBSET_SIZE or "all samples"))),
     # The Inception Score's formula (Salimans et al. 2016) with the dataset's own classifier.
     Metric("classifier_score", True, "classifier"),
     # Inception features (Heusel et al. 2017; Bińkowski et al. 2018), when the weights are on disk.
