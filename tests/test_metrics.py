@@ -70,14 +70,21 @@ def test_classifier_is_accurate_and_cached(digits_classifier):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
 
 
-def test_classifier_fid_orders_real_noise(digits_classifier):
+def against_real_half(digits_classifier):
+    """The classifier metrics against one random half of the real digits; the other half,
+    (images in [-1, 1], labels), to measure."""
     digits, model, _, _ = digits_classifier
     real = data.to_signed_unit(digits.images)
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
     half_a, half_b = order[:898], order[898:]
     metrics = classifier.ClassifierMetrics(model, real[half_a].split(500), digits.labels[half_a], torch.device("cpu"))
-    real_vs_real = metrics(real[half_b])
-    real_vs_noise = metrics(torch.rand(len(half_b), 1, 16, 16) * 2 - 1)
+    return metrics, (real[half_b], digits.labels[half_b])
+
+
+def test_classifier_fid_orders_real_noise(digits_classifier):
+    metrics, (other_half, _) = against_real_half(digits_classifier)
+    real_vs_real = metrics(other_half)
+    real_vs_noise = metrics(torch.rand(len(other_half), 1, 16, 16) * 2 - 1)
     assert real_vs_real["fid_classifier"] * 10 < real_vs_noise["fid_classifier"]
     assert real_vs_real["class_coverage"] == 10 and real_vs_real["class_kl"] < 0.05
     assert real_vs_noise["class_kl"] > real_vs_real["class_kl"]
@@ -148,16 +155,11 @@ def test_quality_and_diversity_read_apart_on_real_digits(digits_classifier):
     """A held-out half of the real digits against the other half: all four near 1. A
     'generator' that returns one class only: precise (its samples look real) but recall and
     coverage near 0 (it misses the other nine classes), which FID alone cannot tell apart."""
-    digits, model, _, _ = digits_classifier
-    real = data.to_signed_unit(digits.images)
-    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
-    half_a, half_b = order[:898], order[898:]
-    metrics = classifier.ClassifierMetrics(model, real[half_a].split(500), digits.labels[half_a], torch.device("cpu"))
-    halves = metrics(real[half_b])
+    metrics, (other_half, labels) = against_real_half(digits_classifier)
+    halves = metrics(other_half)
     assert min(halves[f"{m}_classifier"] for m in ("precision", "recall", "coverage")) > 0.85
     assert 0.8 < halves["density_classifier"] < 1.25
-    ones = real[half_b][digits.labels[half_b] == 1]
-    one_class = metrics(ones)
+    one_class = metrics(other_half[labels == 1])
     assert one_class["precision_classifier"] > 0.85
     assert one_class["recall_classifier"] < 0.2 and one_class["coverage_classifier"] < 0.2
     assert one_class["classifier_score"] < 1.5 < halves["classifier_score"]
