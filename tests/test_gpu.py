@@ -152,7 +152,8 @@ def test_an_evaluation_at_50000_samples_holds_a_chunk_of_images_not_all_of_them(
     """Peak resident memory of an evaluation (evaluator set-up and one call) at 50,000 generated
     and 50,000 real 3x32x32 images, in a fresh process. All of them at once are 614 MB per set
     in float32 (the old evaluator held both, and copies, on the device); in chunks of 500 the
-    evaluation holds 6 MB of images, 2 x 26 MB of features and the classifier's activations."""
+    evaluation holds 6 MB of images, 2 x 26 MB of features (and their float64 copies for the
+    k-NN metrics), a block of distances and the classifier's activations."""
     import os
     import subprocess
     import sys
@@ -164,7 +165,9 @@ def test_an_evaluation_at_50000_samples_holds_a_chunk_of_images_not_all_of_them(
                                 capture_output=True, text=True, timeout=900,
                                 env={**os.environ, "PYTHONPATH": str(here)})
         assert result.returncode == 0, result.stderr
-    assert float(result.stdout.split()[-1]) < 400, result.stdout  # measured: 271 MB; 1,234 before
+    # Measured: 401 MB (271 before the k-NN metrics, which hold both sets' features in float64,
+    # 2 x 51 MB, and 16 MB of distances at a time); 1,234 MB with every image at once.
+    assert float(result.stdout.split()[-1]) < 500, result.stdout
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

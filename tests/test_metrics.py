@@ -99,6 +99,7 @@ def test_precision_recall_density_coverage_equal_the_authors_prdc():
     real = rng.normal(size=(700, 16))
     fake = rng.normal(0.3, 1.2, size=(600, 16))
     ours = manifold.precision_recall_density_coverage(torch.from_numpy(real), torch.from_numpy(fake), 3, 5, block=97)
+    assert manifold.precision_recall_density_coverage(torch.from_numpy(real), torch.from_numpy(fake), 3, 5) == ours
     at_3 = prdc.compute_prdc(real, fake, nearest_k=3)
     at_5 = prdc.compute_prdc(real, fake, nearest_k=5)
     expected = {"precision": at_3["precision"], "recall": at_3["recall"],
@@ -184,7 +185,7 @@ def test_each_metric_records_how_it_was_measured(digits_classifier, tmp_path):
     assert how == evaluator.methods["class_coverage"]
     # The k of the k-NN balls and KID's subsets are recorded with each value, from the registry.
     assert evaluator.methods["precision_classifier"]["k"] == 3 and evaluator.methods["coverage_classifier"]["k"] == 5
-    assert evaluator.methods["kid_classifier"]["subsets"] == 1
+    assert evaluator.methods["kid_classifier"]["subsets"] == 100
     assert how["weights_sha256"] == classifier.weights_sha256(model)  # the cached model's weights
     assert how["generated"] == 300 and how["real"].startswith(f"digits: 300 of {len(digits)} images")
     assert "classifier" in how["extractor"]

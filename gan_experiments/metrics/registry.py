@@ -16,9 +16,8 @@ class Metric:
 
 # The nearest neighbours of the k-NN balls (metrics/manifold.py), as the authors set them.
 K_PRECISION_RECALL, K_DENSITY_COVERAGE = 3, 5
-# KID's subsets (Bińkowski et al. 2018): one of every sample (None: all of them); see
-# metrics/manifold.kernel_distance.
-KID_SUBSETS, KID_SUBSET_SIZE = 1, None
+# KID's subsets (Bińkowski et al. 2018; torchmetrics' and torch-fidelity's defaults).
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
 
 METRICS = {m.name: m for m in (
@@ -38,7 +37,7 @@ METRICS = {m.name: m for m in (
     Metric("density_classifier", True, "classifier", settings=(("k", K_DENSITY_COVERAGE),)),
     Metric("coverage_classifier", True, "classifier", settings=(("k", K_DENSITY_COVERAGE),)),
     Metric("kid_classifier", False, "classifier",
-           settings=(("subsets", KID_SUBSETS), ("subset_size", KID_SUBSET_SIZE or "all samples"))),
+           settings=(("subsets", KID_SUBSETS), ("subset_size", KID_SUBSET_SIZE))),
     # The Inception Score's formula (Salimans et al. 2016) with the dataset's own classifier.
     Metric("classifier_score", True, "classifier"),
     # Inception features (Heusel et al. 2017; Bińkowski et al. 2018), when the weights are on disk.
