@@ -102,3 +102,22 @@ def test_pacgan_networks_train_at_pack_2(tmp_path):
     G, D = mlp.build((2,), is_image=False, **{k: v for k, v in cfg.model.items() if k != "_target_"})
     assert any(isinstance(m, mlp.Maxout) for m in D.modules())
     assert D(G(torch.randn(8, 2))).shape == (4,)
+
+
+def test_pacgan_stacked_mnist_follows_the_official_recipe_and_trains(tmp_path):
+    """The VEEGAN-setting recipe of fjxmlzn/PacGAN stacked_MNIST_experiments/VEEGAN_experiment/
+    config.py, Table 2's numbers beside it; two steps of its networks on its data train."""
+    cfg = preset("pacgan_stacked_mnist", "model.pack=2")
+    assert cfg.data._target_.endswith("stacked_mnist") and cfg.model.latent_dim == 100
+    for net in ("g", "d"):
+        assert cfg.optimizer[net].lr == 2e-4 and list(cfg.optimizer[net].betas) == [0.5, 0.999]
+    assert cfg.trainer.batch_size == 128 and cfg.trainer.steps == 100_000  # 64 packs of 2; 50 epochs
+    assert cfg.eval.num_samples == 26_000 and cfg.eval.objective == "stacked_modes"
+    ref = OmegaConf.to_container(cfg.reference)
+    assert "Table 2" in ref["source"] and ref["rows"][1]["metrics"]["stacked_modes"] == [78.9, 6.46]
+    assert ref["rows"][2]["metrics"]["stacked_kl"] == [0.06, 0.003]
+    run = make_cfg("+experiment=pacgan_stacked_mnist", "trainer.steps=2", "trainer.log_every=1",
+                   "trainer.sample_every=2", "trainer.checkpoint_every=2", "trainer.progress=false",
+                   "eval.num_samples=64", f"eval.cache_dir={tmp_path / 'cache'}", "eval.inception=false")
+    summary = train(run, tmp_path / "run")
+    assert summary["status"] == "ok" and 1 <= summary["value"] <= 64
