@@ -287,8 +287,9 @@ def _from_torchvision(cls, root, download, train, image_size, max_in_memory_mb, 
 
 
 def stacked_mnist(*, digits, device="cpu") -> StackedDigits:
-    """Stacked MNIST over `digits`, a built conf/data option (node): mnist_5k offline, or mnist
-    (70,000 digits) where its files are present."""
+    """Stacked MNIST over `digits`, a conf/data option's node, built here on `device`: mnist_5k
+    offline, or mnist (60,000 training digits) where its files are present. Raises UserError
+    for a set that is not one-channel labelled digits."""
     from hydra.utils import instantiate
 
     base = instantiate(digits, device=device)
