@@ -178,4 +178,7 @@ class Evaluator:
             results: dict[str, float] = {}
             for fn in self.metric_fns:
                 results.update(fn.compute())
+        if results.keys() != set(self.names):  # the registry names what each function reports
+            raise RuntimeError(f"the metric functions report {sorted(results)}, the registry "
+                               f"{sorted(self.names)}: declare each metric in metrics/registry.py")
         return results
