@@ -54,6 +54,15 @@ class Measurement:
         return cls(data.get("value"), data.get("step", 0), data.get("method"))
 
 
+def measurements(data: dict | None) -> dict[str, Measurement]:
+    """A tag -> Measurement table from its JSON (status.json's, or a checkpoint's)."""
+    return {tag: Measurement.from_json(m) for tag, m in (data or {}).items()}
+
+
+def measurements_json(table: dict[str, Measurement]) -> dict[str, dict]:
+    return {tag: asdict(m) for tag, m in table.items()}
+
+
 @dataclass
 class RunRecord:
     """status.json. `metrics` maps a TensorBoard tag (`registry.tag`) to its Measurement;
@@ -77,7 +86,7 @@ class RunRecord:
     cuda_visible_devices: str | None = None
     arithmetic: dict | None = None  # checkpoint.arithmetic: what bit-exactness depends on
     resumed_on_other_arithmetic: list[str] | None = None  # once not bit-exact, never again
-    stopped_by: str | None = None  # the signal that interrupted it (SLURM requeues on SIGUSR2)
+    stopped_by: str | None = None  # the signal that interrupted it (SLURM requeues on SIGUSR2), or what was lost
     error: str | None = None  # why it failed
 
     # --- one JSON round trip ---------------------------------------------------------------
@@ -86,14 +95,14 @@ class RunRecord:
         """Strict JSON: a value that was not measured, or not finite, is null. Optional fields
         that do not apply are left out."""
         payload = {f.name: getattr(self, f.name) for f in fields(self)}
-        payload["metrics"] = {tag: asdict(m) for tag, m in self.metrics.items()}
+        payload["metrics"] = measurements_json(self.metrics)
         return strict({k: v for k, v in payload.items() if k not in _ONLY_WHERE_THEY_APPLY or v is not None})
 
     @classmethod
     def from_json(cls, data: dict) -> "RunRecord":
         known = {f.name for f in fields(cls)}
         record = cls(**{k: v for k, v in data.items() if k in known})
-        record.metrics = {tag: Measurement.from_json(m) for tag, m in (data.get("metrics") or {}).items()}
+        record.metrics = measurements(data.get("metrics"))
         return record
 
     def write(self, run_dir: Path) -> None:

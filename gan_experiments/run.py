@@ -15,7 +15,7 @@ from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import Start, StartRefused, check_values, claim, decide_start
 from gan_experiments.paths import RunPaths
-from gan_experiments.record import Measurement, RunRecord
+from gan_experiments.record import RunRecord, measurements
 from gan_experiments.state import TrainingState
 from gan_experiments.stop import StopNow, stop_requests, sweep_stopped
 from gan_experiments.summaries import HParams
@@ -112,7 +112,7 @@ def _start(cfg, run_dir, start: Start, hparams, sweep_dir, on_start) -> Outcome:
 def _stopped_before_training(record: RunRecord, saved: TrainingState | None, error: StopNow,
                              run_dir: Path) -> RunRecord:
     log.warning("Stopped by %s; nothing to checkpoint.", error)
-    record.metrics = {tag: Measurement.from_json(m) for tag, m in (saved.metrics if saved else {}).items()}
+    record.metrics = measurements(saved.metrics if saved else None)
     record.end("interrupted", record.step, error.signal_name)
     record.write(run_dir)
     return record

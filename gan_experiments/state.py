@@ -1,7 +1,7 @@
 """What training changes (`GAN`) and what a checkpoint holds (`TrainingState`), each declared
 once: saving, loading and the check of a checkpoint's layout all derive from these fields."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -74,7 +74,8 @@ class TrainingState:
     arithmetic: dict  # checkpoint.arithmetic of the leg that saved it
 
     def save(self, path: Path) -> None:
-        checkpoint.save(path, asdict(self))
+        # Shallow: dataclasses.asdict would deep-copy every weight and optimizer moment first.
+        checkpoint.save(path, {f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def load(cls, path: Path, device="cpu") -> "TrainingState":

@@ -10,7 +10,7 @@ import os
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from gan_experiments.metrics.registry import tag
 from gan_experiments.models import check_batch_norm, check_pack
 from gan_experiments.paths import RunPaths
 from gan_experiments.progress import Progress
-from gan_experiments.record import Measurement, RunRecord
+from gan_experiments.record import Measurement, RunRecord, measurements, measurements_json
 from gan_experiments.state import GAN, TrainingState
 from gan_experiments.stop import StopRequest
 from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
@@ -354,7 +354,7 @@ def resume(gan: GAN, scalers: tuple, saved: TrainingState, record: RunRecord, de
     for scaler, state in zip(scalers, saved.scalers, strict=True):
         scaler.load_state_dict(state)  # fp16 resumes with the loss scale it had reached
     checkpoint.set_rng_state(saved.rng, device)
-    record.metrics = {name: Measurement.from_json(m) for name, m in saved.metrics.items()}
+    record.metrics = measurements(saved.metrics)
     changes = checkpoint.arithmetic_changes(saved.arithmetic, record.arithmetic)
     if changes:
         record.resumed_on_other_arithmetic = [*(record.resumed_on_other_arithmetic or []), *changes]
@@ -368,7 +368,7 @@ def save_checkpoint(s: Session) -> None:
         data_shape=s.data.shape, is_image=s.data.is_image,
         scalers=[scaler.state_dict() for scaler in s.scalers], noise_horizon=s.noise_horizon,
         last_scalars=s.last_scalars, last_scalars_step=s.last_scalars_step,
-        metrics={name: asdict(m) for name, m in s.record.metrics.items()},
+        metrics=measurements_json(s.record.metrics),
         arithmetic=checkpoint.arithmetic(s.gan.device),
     ).save(RunPaths(s.run_dir).checkpoint)
 
