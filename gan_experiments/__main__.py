@@ -11,7 +11,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gan_experiments import checkpoint
 from gan_experiments.config import check_yaml_files, register_configs
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import Start
@@ -20,7 +19,7 @@ from gan_experiments.paths import RunPaths
 # Ray pickles this module's main(): it may reference functions and classes, not an Event.
 from gan_experiments.run import Outcome, run
 from gan_experiments.stop import stop_sweep_on_signals
-from gan_experiments.summaries import HParams
+from gan_experiments.summaries import run_hparams
 from gan_experiments.sweep import quiet_console, register_resolvers, swept_keys
 
 log = logging.getLogger("gan_experiments")
@@ -29,18 +28,6 @@ log = logging.getLogger("gan_experiments")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 register_configs()
 register_resolvers()
-
-
-def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> HParams:
-    """What the HPARAMS tab compares: the swept values and the chosen config options lead,
-    then every other setting."""
-    flat = checkpoint.flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    # A preset's published numbers are no setting of the run.
-    settings = {k: v for k, v in flat.items()
-                if not k.endswith(("_target_", "_partial_")) and not k.startswith("reference.")}
-    groups = {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
-    varied = {k: groups.get(k, settings.get(k)) for k in sorted(swept) if k in groups or k in settings}
-    return HParams({**varied, **groups, **settings}, leading=(*varied, *groups))
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:

@@ -324,6 +324,48 @@ class EvalConfig:
     inception_weights: str | None = MISSING  # None = torch hub's checkpoint folder
 
 
+# --- loggers (conf/logger): each option is an entry of `logger` -------------------------
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class CSVLoggerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class MLflowLoggerConfig:
+    _target_: str = MISSING
+    tracking_uri: str = MISSING
+    experiment_name: str | None = None
+
+
+class WandbMode(str, Enum):
+    offline = "offline"  # files under the run folder, uploaded later by `wandb sync`
+    online = "online"
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = MISSING
+    project: str = MISSING
+    mode: WandbMode = MISSING
+    entity: str | None = None
+    group: str | None = None
+
+
+@dataclass
+class LoggersConfig:
+    tensorboard: TensorBoardLoggerConfig | None = None
+    csv: CSVLoggerConfig | None = None
+    mlflow: MLflowLoggerConfig | None = None
+    wandb: WandbLoggerConfig | None = None
+
+
 @dataclass
 class Config:
     data: Any = MISSING
@@ -333,6 +375,7 @@ class Config:
     schedule: Any = MISSING
     trainer: TrainerConfig = MISSING
     eval: EvalConfig = MISSING
+    logger: LoggersConfig = MISSING
     seed: int = between(0, 2**32 - 1)
     resume: bool = MISSING
     jobs_per_gpu: int = at_least(1)  # sweeps: jobs sharing one GPU

@@ -37,16 +37,22 @@ RESULT_NEUTRAL = (
     "resume", "trainer.progress", "trainer.log_every", "trainer.sample_every",
     "trainer.checkpoint_every", "trainer.device", "eval.every", "eval.cache_dir",
     "eval.inception_weights", "data.cache_dir", "data.download", "data.num_workers",
-    "jobs_per_gpu", "cpus_per_job",
+    "jobs_per_gpu", "cpus_per_job", "logger",
 )
 GROWABLE = ("trainer.steps",)
+
+
+def result_neutral(key: str) -> bool:
+    """Whether a config key (`trainer.log_every`, `logger.mlflow.tracking_uri`) is in
+    RESULT_NEUTRAL or below one of its keys."""
+    return any(key == k or key.startswith(k + ".") for k in RESULT_NEUTRAL)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Every key outside RESULT_NEUTRAL and GROWABLE whose value differs between two resolved
     configs, as 'key: saved -> current'."""
     old, new = checkpoint.flatten(saved), checkpoint.flatten(current)
-    keys = sorted(k for k in old.keys() | new.keys() if k not in RESULT_NEUTRAL + GROWABLE)
+    keys = sorted(k for k in old.keys() | new.keys() if not result_neutral(k) and k not in GROWABLE)
     return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys
             if old.get(k, "<absent>") != new.get(k, "<absent>")]
 

@@ -41,6 +41,16 @@ class RunPaths:
     def overrides(self) -> Path:
         return self.hydra / "overrides.yaml"
 
+    @property
+    def csv(self) -> Path:
+        """logger=csv's scalars, a row (step, tag, value) each."""
+        return self.root / "scalars.csv"
+
+    @property
+    def logged_runs(self) -> Path:
+        """The MLflow and W&B run ids of the run, and the step each holds it through."""
+        return self.root / "logged_runs.json"
+
     def sample(self, step: int, tag: str = "samples") -> Path:
         return self.root / tag / f"step_{step:06d}.png"
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from gan_experiments import checkpoint
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import Start, StartRefused, check_values, claim, decide_start
+from gan_experiments.loggers import LoggedRun, Loggers, job_group, start_loggers
 from gan_experiments.paths import RunPaths
 from gan_experiments.record import RunRecord, measurements
 from gan_experiments.state import TrainingState
@@ -75,20 +76,23 @@ def run(cfg: DictConfig, run_dir: Path, hparams: HParams | None = None, sweep_di
 
 def _start(cfg, run_dir, start: Start, hparams, sweep_dir, on_start) -> Outcome:
     device = resolve_device(cfg.trainer.device)
-    record = None
+    record, loggers = None, Loggers([])
     try:
         # From here on a signal stops the run: at once while it sets up, then at the next
         # step boundary with a checkpoint (gan_experiments.stop).
         with stop_requests(sweep_dir) as stop:
             try:
                 prepared = prepare(cfg, device, cfg.trainer.progress and sweep_dir is None)
+                loggers = start_loggers(cfg.logger, LoggedRun(
+                    run_dir, run_dir.name, job_group(sweep_dir), start.step if start.kind == "resume" else None))
             except UserError as error:
                 raise StartRefused(str(error)) from None
             on_start(start)
             record = RunRecord.begin(run_dir, cfg.trainer.steps, start.step, start.kind == "resume",
                                      prepared.objective, checkpoint.arithmetic(device))
             record.write(run_dir)
-            return Outcome("trained", train(cfg, run_dir, device, prepared, start.saved, record, stop, hparams))
+            return Outcome("trained", train(cfg, run_dir, device, prepared, start.saved, record, stop,
+                                            loggers, hparams))
     except StopNow as error:
         if record is None:  # stopped while the data loaded: not started
             raise StartRefused(f"Stopped by {error.signal_name or 'the sweep'} before the run started.") from None
@@ -107,6 +111,8 @@ def _start(cfg, run_dir, start: Start, hparams, sweep_dir, on_start) -> Outcome:
             failure.__cause__ = error
             return Outcome("failed", record, str(failure), failure)
         return Outcome("failed", record, str(error), error)
+    finally:
+        loggers.close("failed")  # where train() did not close them: a stop or a failure in setting up
 
 
 def _stopped_before_training(record: RunRecord, saved: TrainingState | None, error: StopNow,

@@ -11,10 +11,14 @@ matplotlib.use("Agg")  # runs are headless; no display is ever needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
+from torchvision.io import ImageReadMode, read_image  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
+
+from gan_experiments.checkpoint import flatten  # noqa: E402
 
 # A 64-digit grid of 28x28 images is 242 px: too small to judge samples by eye.
 MIN_GRID_WIDTH = 512
@@ -28,33 +32,24 @@ def image_grid(images: torch.Tensor, nrow: int = 8, min_width: int = MIN_GRID_WI
     return F.interpolate(grid[None], scale_factor=factor, mode="nearest")[0]
 
 
-def log_images(writer: SummaryWriter, tag: str, images: torch.Tensor, step: int, png: Path) -> None:
-    grid = image_grid(images)
-    writer.add_image(tag, grid, step)
+def render_samples(fake: torch.Tensor, reference_points: torch.Tensor | None, step: int, png: Path) -> torch.Tensor:
+    """Save the picture of `fake` to `png` and return it, (3, H, W): for images a grid of them,
+    for 2D data a scatter of `fake` (N, 2) over `reference_points` (M, 2)."""
     png.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, png)
-
-
-def log_points(writer: SummaryWriter, tag: str, fake: torch.Tensor, real: torch.Tensor,
-               step: int, png: Path) -> None:
-    fake, real = fake.float().cpu().numpy(), real.float().cpu().numpy()
+    if reference_points is None:
+        grid = image_grid(fake)
+        save_image(grid, png)
+        return grid
+    fake, real = fake.float().cpu().numpy(), reference_points.float().cpu().numpy()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=MIN_GRID_WIDTH // 4)
     ax.scatter(real[:, 0], real[:, 1], s=4, c="tab:gray", alpha=0.4, label="data")
     ax.scatter(fake[:, 0], fake[:, 1], s=4, c="tab:red", alpha=0.6, label="generated")
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=7)
     ax.set_title(f"step {step}", fontsize=8)
-    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
-    writer.add_figure(tag, fig, step)  # closes the figure
-
-
-def log_samples(writer, tag, fake, reference_points, step, png):
-    """Image grid for images; for 2D data a scatter of `fake` over `reference_points`."""
-    if reference_points is None:
-        log_images(writer, tag, fake, step, png)
-    else:
-        log_points(writer, tag, fake, reference_points, step, png)
+    plt.close(fig)
+    return read_image(str(png), ImageReadMode.RGB)
 
 
 def hparam_value(value):
@@ -73,6 +68,18 @@ class HParams:
 
     values: dict
     leading: tuple[str, ...] = ()
+
+
+def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> HParams:
+    """What the HPARAMS tab compares: the swept values and the chosen config options lead,
+    then every other setting."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    # A preset's published numbers are no setting of the run.
+    settings = {k: v for k, v in flat.items()
+                if not k.endswith(("_target_", "_partial_")) and not k.startswith(("reference.", "logger."))}
+    groups = {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
+    varied = {k: groups.get(k, settings.get(k)) for k in sorted(swept) if k in groups or k in settings}
+    return HParams({**varied, **groups, **settings}, leading=(*varied, *groups))
 
 
 def log_hparams(writer: SummaryWriter, params: HParams, metric_names: list[str]) -> None:

@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gan_experiments import slurm
-from gan_experiments.lifecycle import RESULT_NEUTRAL
+from gan_experiments.lifecycle import result_neutral
 from gan_experiments.paths import RunPaths
 from gan_experiments.record import STATUSES, RunRecord
 from gan_experiments.stop import MARKER, restore_signals, stop_sweep_on_signals, sweep_stopped
@@ -69,14 +69,14 @@ def job_dirname(overrides, sweep_dir: str, sweeper: str, job_num: int) -> str:
     `loss=smooth,seed=1`): TensorBoard's run selector cuts long names, and the constant
     overrides stay in multirun.yaml. Optuna's trials differ in every searched value, so they
     are numbered (`trial=7`) and their values go to the run's hparams. When nothing varies (or
-    multirun.yaml is out of reach), every override names it, less those in RESULT_NEUTRAL and
+    multirun.yaml is out of reach), every override names it, less the result-neutral ones and
     PATH_KEYS, sorted, as Hydra's override_dirname would."""
     if "optuna" in str(sweeper):
         return f"trial={job_num}"
     swept = swept_keys(sweep_dir)
     pairs = sorted(o.split("=", 1) for o in overrides if "=" in o)
     named = [f"{override_key(key)}={value}" for key, value in pairs if override_key(key) in swept]
-    every = sorted(o for o in overrides if override_key(o) not in RESULT_NEUTRAL + PATH_KEYS)
+    every = sorted(o for o in overrides if not result_neutral(override_key(o)) and override_key(o) not in PATH_KEYS)
     return _safe_part(",".join(named) or ",".join(every))
 
 
@@ -117,7 +117,7 @@ def quiet_console() -> None:
 
 @dataclass
 class Run:
-    """A run folder of a sweep: its command-line overrides (less the RESULT_NEUTRAL ones) and
+    """A run folder of a sweep: its command-line overrides (less the result-neutral ones) and
     its record (an unreadable status.json reads as failed: it claims nothing)."""
 
     dir: Path
@@ -154,7 +154,7 @@ def find_runs(sweep_dir: Path, pattern: str = "*/status.json") -> list[Run]:
         run_dir = status_file.parent
         overrides_file = RunPaths(run_dir).overrides
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        overrides = [o for o in overrides or [] if override_key(o) not in RESULT_NEUTRAL]
+        overrides = [o for o in overrides or [] if not result_neutral(override_key(o))]
         runs.append(Run(run_dir, overrides, RunRecord.read(run_dir) or RunRecord("failed", 0, 0)))
     return runs
 

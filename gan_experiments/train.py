@@ -18,13 +18,13 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
 
 from gan_experiments import checkpoint
 from gan_experiments.data import check_batch_size
 from gan_experiments.ema import EMA
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import StartRefused
+from gan_experiments.loggers import Loggers
 from gan_experiments.metrics.evaluator import Evaluator, check_cache_dir, resolve_objective
 from gan_experiments.metrics.registry import tag
 from gan_experiments.models import check_batch_norm, check_pack
@@ -33,7 +33,7 @@ from gan_experiments.progress import Progress
 from gan_experiments.record import Measurement, RunRecord, measurements, measurements_json
 from gan_experiments.state import GAN, TrainingState
 from gan_experiments.stop import StopRequest
-from gan_experiments.summaries import HParams, log_hparams, log_layout, log_samples
+from gan_experiments.summaries import HParams, render_samples
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class Session:
     evaluator: Evaluator
     scalers: tuple  # fp16's loss scalers for G and D (disabled otherwise)
     autocast: Callable
-    writer: SummaryWriter
+    loggers: Loggers  # TensorBoard, and what else conf/logger chose
     reference_points: torch.Tensor | None  # real 2D points under the generated ones in a scatter
     progress: Progress
     noise_horizon: int  # fixed at the first start: raising trainer.steps on resume keeps it
@@ -318,7 +318,8 @@ def prepare(cfg: DictConfig, device: torch.device, show_progress: bool) -> Prepa
 
 
 def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, prepared: Prepared,
-           resumed_from: TrainingState | None, record: RunRecord, hparams: HParams | None) -> Session:
+           resumed_from: TrainingState | None, record: RunRecord, loggers: Loggers,
+           hparams: HParams | None) -> Session:
     """The session of a fresh run, or of one resumed from a checkpoint exactly where it was."""
     data, gan, trainer = prepared.data, prepared.gan, cfg.trainer
     reference_points = None if data.is_image else data.sample(
@@ -331,10 +332,8 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, prepared: Prepa
     evaluator = Evaluator(cfg.eval, data, cfg.model.latent_dim, device, cfg.seed, prepared.progress)
     autocast = _autocast_factory(device, str(trainer.precision))
     maybe_compile(gan, prepared.losses, autocast, cfg, device)
-    # Events up to the checkpoint's step were written before it; later ones are redone now.
-    writer = SummaryWriter(str(run_dir), purge_step=gan.step + 1 if resumed_from else None)
     session = Session(
-        cfg, run_dir, record, data, gan, prepared.losses, evaluator, scalers, autocast, writer,
+        cfg, run_dir, record, data, gan, prepared.losses, evaluator, scalers, autocast, loggers,
         reference_points, prepared.progress,
         noise_horizon=resumed_from.noise_horizon if resumed_from else trainer.instance_noise_steps or trainer.steps,
         last_scalars=resumed_from.last_scalars if resumed_from else {},
@@ -342,8 +341,7 @@ def set_up(cfg: DictConfig, run_dir: Path, device: torch.device, prepared: Prepa
     )
     metric_tags = [tag(name, suffix) for suffix in session.generators for name in evaluator.names]
     final_losses = [tag(name) for name in FINAL_LOSSES]
-    log_hparams(writer, hparams or HParams(checkpoint.flatten(resolved(cfg))), final_losses + metric_tags)
-    log_layout(writer)
+    loggers.config(hparams or HParams(checkpoint.flatten(resolved(cfg))), final_losses + metric_tags)
     return session
 
 
@@ -379,8 +377,7 @@ def log_scalars(s: Session, stats: dict, noise_std: float) -> None:
     if noise_std > 0:
         s.last_scalars["instance_noise/std"] = noise_std
     s.last_scalars_step = s.gan.step
-    for name, value in s.last_scalars.items():
-        s.writer.add_scalar(name, value, s.gan.step)
+    s.loggers.scalars(s.last_scalars, s.gan.step)
 
 
 def sample_now(s: Session) -> None:
@@ -391,15 +388,16 @@ def sample_now(s: Session) -> None:
         with torch.no_grad():
             fake = g(s.gan.fixed_noise)
         g.train(was_training)
-        log_samples(s.writer, grid_tag, fake, s.reference_points, s.gan.step,
-                    RunPaths(s.run_dir).sample(s.gan.step, grid_tag))
+        png = RunPaths(s.run_dir).sample(s.gan.step, grid_tag)
+        s.loggers.image(grid_tag, render_samples(fake, s.reference_points, s.gan.step, png), png, s.gan.step)
 
 
 def evaluate_now(s: Session) -> None:
     for suffix, g in s.generators.items():
-        for name, value in s.evaluator(g).items():
-            s.writer.add_scalar(tag(name, suffix), value, s.gan.step)
+        values = s.evaluator(g)
+        for name, value in values.items():
             s.record.metrics[tag(name, suffix)] = Measurement(value, s.gan.step, s.evaluator.methods[name])
+        s.loggers.scalars({tag(name, suffix): value for name, value in values.items()}, s.gan.step)
 
 
 def run_loop(s: Session, stop: threading.Event) -> str:
@@ -435,6 +433,7 @@ def run_loop(s: Session, stop: threading.Event) -> str:
         if at_checkpoint or stop.is_set():
             save_checkpoint(s)
             s.record.write(s.run_dir)
+            s.loggers.flush()  # MLflow and W&B are sent what the checkpoint covers
         if stop.is_set() and gan.step < trainer.steps:
             log.warning("Stop requested: checkpoint written at step %d.", gan.step)
             outcome = "interrupted"
@@ -453,8 +452,8 @@ def finish(s: Session, outcome: str, stopped_by: str = "") -> RunRecord:
     if outcome == "ok" and s.last_scalars:
         for name, scalar in FINAL_LOSSES.items():
             s.record.metrics[tag(name)] = Measurement(s.last_scalars[scalar], s.last_scalars_step)
-            s.writer.add_scalar(tag(name), s.last_scalars[scalar], step)
-    s.writer.close()
+        s.loggers.scalars({tag(name): s.last_scalars[scalar] for name, scalar in FINAL_LOSSES.items()}, step)
+    s.loggers.close(outcome)
     s.record.end(outcome, step, stopped_by)
     s.record.write(s.run_dir)
     return s.record
@@ -467,13 +466,13 @@ def resolved(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig, run_dir: Path, device: torch.device, prepared: Prepared,
           resumed_from: TrainingState | None, record: RunRecord, stop: StopRequest,
-          hparams: HParams | None = None) -> RunRecord:
+          loggers: Loggers, hparams: HParams | None = None) -> RunRecord:
     """Set up from what the accepted start built (resuming from a checkpoint where there is
     one), train up to trainer.steps or a stop, and finish; returns the run's record at its end.
     `gan_experiments.run` decides the start and handles a failure."""
-    session = set_up(cfg, Path(run_dir), device, prepared, resumed_from, record, hparams)
+    session = set_up(cfg, Path(run_dir), device, prepared, resumed_from, record, loggers, hparams)
     stop.setting_up = False
     try:
         return finish(session, run_loop(session, stop), stop.signal_name)
     finally:
-        session.writer.close()  # also after a crash: the events so far stay readable
+        loggers.close("failed")  # after a crash (a no-op after finish): the events so far stay readable

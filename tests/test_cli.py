@@ -120,7 +120,7 @@ def test_sigterm_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
 def test_readme_config_table_lists_every_option():
     readme = (ROOT / "README.md").read_text()
     for group in ("data", "model", "loss", "loss/penalty", "optimizer", "schedule", "trainer", "eval",
-                  "hparams_search", "experiment", "hydra/launcher"):
+                  "hparams_search", "experiment", "logger", "hydra/launcher"):
         for option in (ROOT / "conf" / group).glob("*.yaml"):
             assert f"`{option.stem}`" in readme, f"{group}/{option.stem} missing from README"
 

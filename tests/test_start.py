@@ -29,7 +29,7 @@ OTHER_VALUE = {
     "trainer.sample_every": "1", "trainer.checkpoint_every": "1", "trainer.device": "cpu",
     "eval.every": "1", "eval.cache_dir": "/tmp/elsewhere", "eval.inception_weights": "/tmp/w.pth",
     "data.cache_dir": "/tmp/elsewhere", "data.download": "true", "data.num_workers": "0",
-    "jobs_per_gpu": "2", "cpus_per_job": "2",
+    "jobs_per_gpu": "2", "cpus_per_job": "2", "logger": "csv",
 }
 
 
