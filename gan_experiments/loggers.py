@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from gan_experiments.checkpoint import atomic_write
 from gan_experiments.errors import UserError
-from gan_experiments.metrics.registry import higher_is_better
+from gan_experiments.metrics.registry import direction
 from gan_experiments.paths import RunPaths
 from gan_experiments.summaries import HParams, hparam_value, log_hparams, log_layout
 
@@ -46,8 +47,8 @@ class LoggedRun:
     """What every logger is told about the run it logs.
 
     name: the run folder's name (a sweep's job is named as its folder, e.g. `loss=bce,seed=0`).
-    sweep: the sweep it belongs to (its folder, relative to the working directory where it is
-    inside it), or None for a single run: one MLflow experiment, one W&B group.
+    sweep: the sweep it belongs to, which is one MLflow experiment and one W&B group (its
+    folder, relative to the working directory where it is inside it); None for a single run.
     resumed_at: the checkpoint's step a resumed run continues from; None for a fresh start."""
 
     run_dir: Path
@@ -56,13 +57,8 @@ class LoggedRun:
     resumed_at: int | None = None
 
 
-def direction(tag: str) -> str:
-    """`maximize` or `minimize`: the metric registry's direction for a scalar's tag."""
-    return "maximize" if higher_is_better(tag) else "minimize"
-
-
 class Logger:
-    """One destination. Steps arrive in increasing order; `flush` is called after each
+    """One destination. Steps arrive in increasing order; `flush` is called as each
     checkpoint is written, `close` once, with the run's status (ok, interrupted, diverged, or
     failed)."""
 
@@ -86,8 +82,9 @@ class TensorBoardLogger(Logger):
     essential = True
 
     def __init__(self, run: LoggedRun):
-        # Events after the checkpoint's step were written by the lost part of the run; redone now.
-        purge = run.resumed_at + 1 if run.resumed_at is not None else None
+        # Events after the checkpoint's step were written by the lost part of the run, and all
+        # of a leg that ended before its first checkpoint (the run starts over): redone now.
+        purge = run.resumed_at + 1 if run.resumed_at is not None else 0
         self.writer = SummaryWriter(str(run.run_dir), purge_step=purge)
 
     def config(self, params, metric_tags):
@@ -116,20 +113,21 @@ class CSVLogger(Logger):
 
     def __init__(self, run: LoggedRun):
         self.path = RunPaths(run.run_dir).csv
-        if run.resumed_at is not None and self.path.exists():
+        resuming = run.resumed_at is not None and self.path.exists()
+        if resuming:
             self._truncate(run.resumed_at)
-        new = not self.path.exists()
-        self.file = open(self.path, "a", newline="")
+        # A fresh start redoes the steps of a leg that ended before its first checkpoint.
+        self.file = open(self.path, "a" if resuming else "w", newline="")
         self.writer = csv.writer(self.file)
-        if new:
+        if not resuming:
             self.writer.writerow(self.COLUMNS)
 
     def _truncate(self, step: int) -> None:
-        """Drop the rows after `step`, as TensorBoard purges its events."""
-        with open(self.path, newline="") as f:
-            rows = [row for row in csv.reader(f)]
+        """Drop the rows after `step`, as TensorBoard purges its events, and a row a kill cut short."""
+        lines = self.path.read_text().splitlines(keepends=True)[1:]
+        whole = [line for line in lines if line.endswith("\n")]  # a kill can cut the last one short
         kept = io.StringIO()
-        csv.writer(kept).writerows([rows[0], *(row for row in rows[1:] if int(row[0]) <= step)])
+        csv.writer(kept).writerows([self.COLUMNS, *(row for row in csv.reader(whole) if int(row[0]) <= step)])
         atomic_write(self.path, lambda f: f.write(kept.getvalue().encode()))
 
     def scalars(self, values, step):
@@ -152,18 +150,23 @@ class _Pending:
 
 class RemoteLogger(Logger):
     """A logger that cannot delete what it was sent (MLflow, W&B): it is sent what a checkpoint
-    covers, at each flush, and a resumed run skips the steps it already holds."""
+    covers, at each flush, and a resumed run skips the steps it already holds. `where` names the
+    store (a tracking URI, a W&B project): a resume that logs elsewhere starts a new run there."""
 
     key = ""  # its entry in RunPaths.logged_runs
 
-    def __init__(self, run: LoggedRun):
-        self.run = run
-        self.held = read_logged_runs(run.run_dir).get(self.key, {})
+    def __init__(self, run: LoggedRun, where: str):
+        self.run, self.where = run, where
+        held = read_logged_runs(run.run_dir).get(self.key, {})
+        self.held = held if run.resumed_at is not None and held.get("where") == where else {}
+        if run.resumed_at is not None and not self.held:
+            log.warning("The %s logger starts a new run at step %d in %s: it holds only the steps after it.",
+                        self.key, run.resumed_at, where)
         # The steps it holds from the run's earlier legs: the resumed run has them again, equal
         # (a resume is bit-exact on the same arithmetic).
-        self.held_through = self.held.get("through_step", -1) if run.resumed_at is not None else -1
+        self.held_through = self.held.get("through_step", -1)
+        self.run_id = self.held.get("run_id")  # None: the subclass starts a new run and remembers it
         self.pending = _Pending()
-        self.run_id = None  # set by the subclass; kept in the run folder at the first flush
 
     def scalars(self, values, step):
         if step > self.held_through:
@@ -178,14 +181,18 @@ class RemoteLogger(Logger):
         steps = sorted(pending.scalars.keys() | pending.images.keys())
         if steps:
             self.send(pending, steps)
-            self.remember(run_id=self.run_id, through_step=steps[-1])  # steps only grow
+            self.remember(through_step=self.stored_through(steps[-1]))
 
     def send(self, pending: _Pending, steps: list[int]) -> None:
         raise NotImplementedError
 
+    def stored_through(self, last_sent: int) -> int:
+        """The last step the store keeps for sure once `last_sent` was sent."""
+        return last_sent
+
     def remember(self, **facts) -> None:
-        """Keep `facts` (the run id, how far it holds the run) in the run folder."""
-        self.held = {**self.held, **facts}
+        """Keep the run id, its store and how far it holds the run in the run folder."""
+        self.held = {**self.held, "run_id": self.run_id, "where": self.where, **facts}
         runs = {**read_logged_runs(self.run.run_dir), self.key: self.held}
         atomic_write(RunPaths(self.run.run_dir).logged_runs,
                      lambda f: f.write(json.dumps(runs, indent=1).encode()))
@@ -218,24 +225,24 @@ class MLflowLogger(RemoteLogger):
     key = "mlflow"
 
     def __init__(self, run: LoggedRun, tracking_uri: str, experiment_name: str | None = None):
-        super().__init__(run)
+        super().__init__(run, tracking_uri)
         require("mlflow", "mlflow")
         from mlflow.tracking import MlflowClient
 
+        # MLflow retries a request 7 times over minutes by default: a server that is gone would
+        # hold a start that long before refusing it, and a run at each checkpoint.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         name = experiment_name or run.sweep or "gan_experiments"
-        with store_lock(tracking_uri):  # a sweep's jobs start at once: one creates the store
+        with store_lock(tracking_uri):  # a sweep's jobs start at once: one creates the SQLite store
             self.client = MlflowClient(tracking_uri)
-            experiment = self.client.get_experiment_by_name(name)
-            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-                name, artifact_location=artifact_location(tracking_uri))
-        run_id = self.held.get("run_id")
-        if run_id is None or run.resumed_at is None:
-            run_id = self.client.create_run(experiment_id, run_name=run.name, tags={
+            experiment_id = get_or_create_experiment(self.client, name, artifact_location(tracking_uri))
+        if self.run_id is None:
+            self.run_id = self.client.create_run(experiment_id, run_name=run.name, tags={
                 "run_dir": str(Path(run.run_dir).resolve()), **({"sweep": run.sweep} if run.sweep else {})}).info.run_id
-            self.held_through = -1
         else:
-            self.client.update_run(run_id, status="RUNNING")
-        self.run_id = run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        self.remember(through_step=self.held_through)
 
     def config(self, params, metric_tags):
         from mlflow.entities import Param, RunTag
@@ -266,6 +273,21 @@ class MLflowLogger(RemoteLogger):
         if status != "failed":  # a failed run's unsent steps are redone when it resumes
             self.flush()
         self.client.set_terminated(self.run_id, MLFLOW_STATUS[status])
+
+
+def get_or_create_experiment(client, name: str, artifacts: str | None) -> str:
+    """The id of experiment `name`; a sweep's jobs on a server may all try to create it at once."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifacts)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def store_lock(tracking_uri: str):
@@ -302,18 +324,16 @@ class WandbLogger(RemoteLogger):
 
     def __init__(self, run: LoggedRun, project: str, mode: str = "offline", entity: str | None = None,
                  group: str | None = None):
-        super().__init__(run)
+        super().__init__(run, f"{entity or '(default entity)'}/{project}")
         wandb = require("wandb", "wandb")
-        run_id = self.held.get("run_id") if run.resumed_at is not None else None
-        if run_id is None:
-            run_id = uuid.uuid4().hex[:8]
-            self.held_through = -1
+        self.run_id = self.run_id or uuid.uuid4().hex[:8]
         mode = str(getattr(mode, "value", mode))
-        self.wandb, self.run_id = wandb, run_id
+        self.wandb, self.sent_through = wandb, -1
         self.run_obj = wandb.init(
             dir=str(run.run_dir), project=project, entity=entity, group=group or run.sweep, name=run.name,
-            id=run_id, mode=mode, resume="allow" if mode == "online" else None, reinit="create_new",
+            id=self.run_id, mode=mode, resume="allow" if mode == "online" else None, reinit="create_new",
             settings=wandb.Settings(console="off", silent=True))
+        self.remember(through_step=self.held_through)
 
     def config(self, params, metric_tags):
         self.run_obj.config.update({k: hparam_value(v) for k, v in params.values.items()}, allow_val_change=True)
@@ -325,11 +345,18 @@ class WandbLogger(RemoteLogger):
             row = dict(pending.scalars.get(step, {}))
             row.update({tag: self.wandb.Image(str(png)) for tag, png in pending.images.get(step, {}).items()})
             self.run_obj.log(row, step=step)
+        self.sent_through = steps[-1]
+
+    def stored_through(self, last_sent):
+        # W&B commits a step's row when a later step comes, or at finish: a kill before loses it.
+        return last_sent - 1
 
     def close(self, status):
         if status != "failed":
             self.flush()
         self.run_obj.finish(exit_code=0 if status == "ok" else 1)
+        if self.sent_through > self.held_through:
+            self.remember(through_step=self.sent_through)
 
 
 class Loggers:
@@ -352,6 +379,11 @@ class Loggers:
                 log.warning("The %s logger failed (%s: %s) and is dropped for the rest of this run; training, "
                             "its TensorBoard events and its checkpoints go on.", type(logger).__name__,
                             type(error).__name__, error)
+                if method != "close":
+                    try:  # end its run (MLflow: FAILED; W&B: finished), so that it is not left running
+                        logger.close("failed")
+                    except Exception:
+                        pass
 
     def config(self, params: HParams, metric_tags: list[str]) -> None:
         self._each("config", params, metric_tags)
@@ -369,29 +401,34 @@ class Loggers:
         """Once; later calls do nothing (the loop's end closes them, and a crash's cleanup)."""
         if not self.closed:
             self.closed = True
-            # Essential ones last: their files must close even where another's close fails.
-            self._each("close", status)
+            self._each("close", status)  # a failing close drops only its own logger
 
 
 def start_loggers(nodes: DictConfig, run: LoggedRun) -> Loggers:
     """The loggers of conf/logger, started. One that cannot start (not installed, an
-    unreachable store, a refused login) raises UserError naming it; those started before it are
-    closed. The remote ones start first and the run folder's files last, so that a refused start
-    leaves the folder as it was (an MLflow run or a W&B folder it started is closed as failed)."""
+    unreachable store, a refused login) raises UserError naming it. The remote ones start
+    first; on a refusal (or a signal) those started are closed and what they created in the run
+    folder is removed, so that a refused start leaves the folder as it was."""
     order = ["mlflow", "wandb", "csv", "tensorboard"]
     names = sorted((name for name, node in nodes.items() if node is not None), key=order.index)
+    before = set(run.run_dir.iterdir()) if run.run_dir.exists() else set()
     started = []
-    for name in names:
-        try:
-            started.append(instantiate(nodes[name], run=run))
-        except InstantiationException as error:
-            Loggers(started).close("failed")
-            cause = error.__cause__ or error
-            if isinstance(cause, UserError):
-                raise cause from None
-            raise UserError(f"The {name} logger could not start ({type(cause).__name__}: {cause}). Fix "
-                            f"logger.{name} (e.g. its tracking_uri or project), or choose another logger "
-                            f"(e.g. logger=tensorboard).") from None
+    try:
+        for name in names:
+            try:
+                started.append(instantiate(nodes[name], run=run))
+            except InstantiationException as error:
+                cause = error.__cause__ or error
+                if isinstance(cause, UserError):
+                    raise cause from None
+                raise UserError(f"The {name} logger could not start ({type(cause).__name__}: {cause}). Fix "
+                                f"logger.{name} (e.g. its tracking_uri or project), or choose another logger "
+                                f"(e.g. logger=tensorboard).") from None
+    except BaseException:
+        Loggers(started).close("failed")
+        for path in set(run.run_dir.iterdir()) - before if run.run_dir.exists() else ():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
     return Loggers(started)
 
 

@@ -112,7 +112,8 @@ def _start(cfg, run_dir, start: Start, hparams, sweep_dir, on_start) -> Outcome:
             return Outcome("failed", record, str(failure), failure)
         return Outcome("failed", record, str(error), error)
     finally:
-        loggers.close("failed")  # where train() did not close them: a stop or a failure in setting up
+        # Where train() did not close them: a stop (interrupted) or a failure while setting up.
+        loggers.close("interrupted" if record is not None and record.status == "interrupted" else "failed")
 
 
 def _stopped_before_training(record: RunRecord, saved: TrainingState | None, error: StopNow,

@@ -77,7 +77,8 @@ def run_hparams(cfg: DictConfig, choices: dict, swept: set[str]) -> HParams:
     # A preset's published numbers are no setting of the run.
     settings = {k: v for k, v in flat.items()
                 if not k.endswith(("_target_", "_partial_")) and not k.startswith(("reference.", "logger."))}
-    groups = {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
+    # Where the numbers are logged changes none of them.
+    groups = {k: v for k, v in choices.items() if not k.startswith(("hydra", "logger")) and v is not None}
     varied = {k: groups.get(k, settings.get(k)) for k in sorted(swept) if k in groups or k in settings}
     return HParams({**varied, **groups, **settings}, leading=(*varied, *groups))
 

@@ -431,9 +431,11 @@ def run_loop(s: Session, stop: threading.Event) -> str:
             evaluate_now(s)
             bar.set_description_str("Training")
         if at_checkpoint or stop.is_set():
+            # First: a kill during the save leaves them ahead of the older checkpoint, which a
+            # resume handles; behind it, the points in between would be lost.
+            s.loggers.flush()  # MLflow and W&B are sent what the checkpoint covers
             save_checkpoint(s)
             s.record.write(s.run_dir)
-            s.loggers.flush()  # MLflow and W&B are sent what the checkpoint covers
         if stop.is_set() and gan.step < trainer.steps:
             log.warning("Stop requested: checkpoint written at step %d.", gan.step)
             outcome = "interrupted"

@@ -200,6 +200,23 @@ def test_a_logger_that_fails_mid_run_warns_once_and_training_goes_on(tmp_path, c
     board = tensorboard_scalars(run_dir)
     assert [s for s, _ in board["loss/D"]] == [2, 4, 6, 8] and "final/loss_G" in board
     assert RunPaths(run_dir).checkpoint.exists()
+    client, run = mlflow_run(tmp_path, run_dir)
+    assert run.info.status == "FAILED"  # the dropped logger's run was ended, not left running
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/D")] == [2, 4]  # before it failed
+
+
+def test_a_run_started_over_after_a_crash_before_its_first_checkpoint_logs_each_step_once(tmp_path):
+    run_dir = tmp_path / "run"
+    crash = ["loss.generator._target_=conftest.RaiseAfter", "loss.generator._partial_=false",
+             "+loss.generator.calls=4"]
+    with pytest.raises(RuntimeError, match="a crash in the middle"):
+        train(many(tmp_path, *crash), run_dir)  # crashes at step 4, before its first checkpoint
+    assert not RunPaths(run_dir).checkpoint.exists()
+    assert train(many(tmp_path, "resume=true"), run_dir)["status"] == "ok"  # starts over
+    board = tensorboard_scalars(run_dir)
+    for name, series in [("csv", csv_scalars(run_dir)), ("wandb", wandb_history(wandb_records(run_dir))[0])]:
+        strictly_increasing(series, name)
+    same_series(board, csv_scalars(run_dir), "csv")
 
 
 def test_a_logger_that_is_not_installed_refuses_the_start_naming_its_extra(tmp_path, monkeypatch):
