@@ -9,13 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # runs are headless; no display is ever needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
-from torchvision.io import ImageReadMode, read_image  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 from gan_experiments.checkpoint import flatten  # noqa: E402
@@ -48,8 +48,10 @@ def render_samples(fake: torch.Tensor, reference_points: torch.Tensor | None, st
     ax.legend(loc="upper right", fontsize=7)
     ax.set_title(f"step {step}", fontsize=8)
     fig.savefig(png)
+    fig.canvas.draw()  # the same pixels as the file, without reading it back
+    rgb = torch.from_numpy(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()).permute(2, 0, 1)
     plt.close(fig)
-    return read_image(str(png), ImageReadMode.RGB)
+    return rgb
 
 
 def hparam_value(value):
