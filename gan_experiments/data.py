@@ -42,6 +42,12 @@ class ImageTensorData:
         index = torch.randint(len(self), (n,), device=self.images.device, generator=generator)
         return to_signed_unit(self.images[index])
 
+    def sample_each(self, n: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """(len(generators), n, C, H, W): `sample(n, g)` for each generator, gathered at once."""
+        index = torch.stack([torch.randint(len(self), (n,), device=self.images.device, generator=g)
+                             for g in generators])
+        return to_signed_unit(self.images[index])
+
 
 class ImageStreamData:
     """Images too large to hold on the device: a shuffling DataLoader, restarted at each epoch."""
@@ -107,6 +113,12 @@ class StackedDigits:
         index = torch.randint(len(self.digits), (n, 3), device=self.digits.images.device, generator=generator)
         return to_signed_unit(self.digits.images[index].flatten(1, 2))  # (n, 3, 1, H, W) -> (n, 3, H, W)
 
+    def sample_each(self, n: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """(len(generators), n, 3, H, W): `sample(n, g)` for each generator, gathered at once."""
+        index = torch.stack([torch.randint(len(self.digits), (n, 3), device=self.digits.images.device, generator=g)
+                             for g in generators])
+        return to_signed_unit(self.digits.images[index].flatten(2, 3))
+
 
 def check_batch_size(data, n: int) -> None:
     """Raises UserError where `data` cannot serve batches of `n`: a streamed set smaller than
@@ -136,6 +148,14 @@ class GaussianMixture:
         device = self.centers.device
         mode = torch.randint(len(self.centers), (n,), device=device, generator=generator)
         return self.centers[mode] + self.std * torch.randn(n, 2, device=device, generator=generator)
+
+    def sample_each(self, n: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """(len(generators), n, 2): `sample(n, g)` for each generator, in its draw order."""
+        device, modes, noise = self.centers.device, [], []
+        for g in generators:
+            modes.append(torch.randint(len(self.centers), (n,), device=device, generator=g))
+            noise.append(torch.randn(n, 2, device=device, generator=g))
+        return self.centers[torch.stack(modes)] + self.std * torch.stack(noise)
 
 
 def to_signed_unit(images_uint8: torch.Tensor) -> torch.Tensor:

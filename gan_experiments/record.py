@@ -88,6 +88,7 @@ class RunRecord:
     resumed_on_other_arithmetic: list[str] | None = None  # once not bit-exact, never again
     stopped_by: str | None = None  # the signal that interrupted it (SLURM requeues on SIGUSR2), or what was lost
     error: str | None = None  # why it failed
+    fused_with: list[int] | None = None  # trained fused (hydra/launcher=fused) with these seeds' runs
 
     # --- one JSON round trip ---------------------------------------------------------------
 
@@ -131,7 +132,8 @@ class RunRecord:
                    cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), arithmetic=arithmetic,
                    first_started=(before.first_started or before.started) if before else None,
                    resumed_from_step=step if resumed else None,
-                   resumed_on_other_arithmetic=before.resumed_on_other_arithmetic if before else None)
+                   resumed_on_other_arithmetic=before.resumed_on_other_arithmetic if before else None,
+                   fused_with=before.fused_with if before else None)
 
     def running(self, step: int) -> None:
         self.status, self.step = "running", step
@@ -161,7 +163,7 @@ class RunRecord:
 
 # Left out of status.json while None; every other field is always there (null: not known).
 _ONLY_WHERE_THEY_APPLY = ("ended", "first_started", "resumed_from_step", "resumed_on_other_arithmetic",
-                          "stopped_by", "error")
+                          "stopped_by", "error", "fused_with")
 
 
 def _now() -> str:

@@ -360,9 +360,11 @@ def resume(gan: GAN, scalers: tuple, saved: TrainingState, record: RunRecord, de
                     "but is no longer bit-exact with an uninterrupted one.", "; ".join(changes))
 
 
-def save_checkpoint(s: Session) -> None:
+def save_checkpoint(s: Session, rng: dict | None = None) -> None:
+    """The session's checkpoint; `rng`: the run's random streams (checkpoint.rng_state layout)
+    where they are not the process's (a member of a fused group)."""
     TrainingState(
-        gan=s.gan.state_dict(), rng=checkpoint.rng_state(s.gan.device), config=resolved(s.cfg),
+        gan=s.gan.state_dict(), rng=rng or checkpoint.rng_state(s.gan.device), config=resolved(s.cfg),
         data_shape=s.data.shape, is_image=s.data.is_image,
         scalers=[scaler.state_dict() for scaler in s.scalers], noise_horizon=s.noise_horizon,
         last_scalars=s.last_scalars, last_scalars_step=s.last_scalars_step,
