@@ -1,0 +1,207 @@
+"""Seeds as a batch dimension (hydra/launcher=fused): each member of a fused group is its solo
+run, started, checkpointed, resumed and recorded as one. The quick tests call the group runner
+(`fused.run_group`) in this process on tiny nets; the slow ones run the real launcher."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import read_events, tiny_cfg, train
+from gan_experiments import fused
+from gan_experiments.paths import RunPaths
+from gan_experiments.record import RunRecord
+from gan_experiments.state import TrainingState
+
+SCALARS = ("loss/D", "loss/G", "D/real", "D/fake", "grad_norm/D", "grad_norm/G")
+# Each model as a test trains it: the DCGAN has BatchNorm in G and D (running statistics per
+# member), the MLP on the ring none.
+SETUPS = {"dcgan": ("dcgan", []), "mlp_ring": ("mlp", ["data=ring"])}
+
+
+def group(folder: Path, seeds, *overrides, setup="dcgan") -> list[fused.Member]:
+    model, extra = SETUPS[setup]
+    return [fused.Member(tiny_cfg(*extra, *overrides, f"seed={s}", model=model), folder / f"seed={s}")
+            for s in seeds]
+
+
+def run_fused(folder: Path, seeds, *overrides, setup="dcgan") -> list:
+    return fused.run_group(group(folder, seeds, *overrides, setup=setup), folder)
+
+
+def weights(run_dir: Path) -> dict:
+    return TrainingState.load(RunPaths(run_dir).checkpoint)
+
+
+def assert_same_tree(a, b, exact: bool = True, rtol: float = 1e-5, atol: float = 1e-6, where: str = ""):
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        if exact:
+            assert torch.equal(a, b), where
+        else:
+            assert torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tree(a[k], b[k], exact, rtol, atol, f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tree(x, y, exact, rtol, atol, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_a_member_starts_from_its_solo_runs_weights_and_stream(setup):
+    from gan_experiments.train import prepare
+
+    model, extra = SETUPS[setup]
+    data = None
+    for seed in (0, 1, 2):
+        cfg = tiny_cfg(*extra, f"seed={seed}", model=model)
+        solo = prepare(cfg, torch.device("cpu"), False)
+        solo_stream = torch.get_rng_state()
+        data = data or fused.load_data(cfg, torch.device("cpu"))
+        member = fused.prepare_member(cfg, torch.device("cpu"), data)
+        assert torch.equal(torch.get_rng_state(), solo_stream)  # the member's stream starts where the solo run's does
+        assert_same_tree(member.gan.generator.state_dict(), solo.gan.generator.state_dict())
+        assert_same_tree(member.gan.discriminator.state_dict(), solo.gan.discriminator.state_dict())
+        assert torch.equal(member.gan.fixed_noise, solo.gan.fixed_noise)
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_each_members_first_steps_are_its_solo_runs(tmp_path, setup):
+    """Three seeds fused against the same three seeds solo: the logged losses and D's outputs of
+    the first steps equal within float tolerance, and so do the weights after them."""
+    steps = ["trainer.steps=2", "trainer.log_every=1", "trainer.checkpoint_every=2"]
+    outcomes = run_fused(tmp_path / "fused", [0, 1, 2], *steps, setup=setup)
+    assert [o.kind for o in outcomes] == ["trained"] * 3 and all(o.record.status == "ok" for o in outcomes)
+    model, extra = SETUPS[setup]
+    for seed in (0, 1, 2):
+        solo_dir = tmp_path / "solo" / f"seed={seed}"
+        train(tiny_cfg(*extra, *steps, f"seed={seed}", model=model), solo_dir)
+        fused_dir = tmp_path / "fused" / f"seed={seed}"
+        f_events, s_events = read_events(fused_dir), read_events(solo_dir)
+        for tag in SCALARS:
+            got = [(e.step, e.value) for e in f_events.Scalars(tag)]
+            want = [(e.step, e.value) for e in s_events.Scalars(tag)]
+            assert [s for s, _ in got] == [s for s, _ in want] == [1, 2], tag
+            for (_, g), (_, w) in zip(got, want, strict=True):
+                assert math.isclose(g, w, rel_tol=1e-5, abs_tol=1e-6), (seed, tag, g, w)
+        f_state, s_state = weights(fused_dir), weights(solo_dir)
+        assert_same_tree(f_state.gan["generator"], s_state.gan["generator"], exact=False)
+        assert_same_tree(f_state.gan["discriminator"], s_state.gan["discriminator"], exact=False)
+        # The member's checkpoint has a solo run's layout: Adam's moments per weight, its stream.
+        assert_same_tree(f_state.gan["opt_d"], s_state.gan["opt_d"], exact=False, atol=1e-5)
+        assert torch.equal(f_state.rng["torch"], s_state.rng["torch"])
+    record = RunRecord.read(tmp_path / "fused" / "seed=1")
+    assert record.fused_with == [0, 1, 2]
+
+
+def test_a_fused_group_resumes_bit_exactly_and_a_rerun_skips_it(tmp_path):
+    common = ["trainer.checkpoint_every=2", "trainer.log_every=1"]
+    run_fused(tmp_path / "straight", [3, 4], "trainer.steps=6", *common)
+    run_fused(tmp_path / "legs", [3, 4], "trainer.steps=4", *common)
+    outcomes = run_fused(tmp_path / "legs", [3, 4], "trainer.steps=6", *common)  # trains further from step 4
+    assert [o.record.status for o in outcomes] == ["ok", "ok"]
+    for seed in (3, 4):
+        a, b = weights(tmp_path / "straight" / f"seed={seed}"), weights(tmp_path / "legs" / f"seed={seed}")
+        assert a.step == b.step == 6
+        assert_same_tree(a.gan, b.gan)
+        assert_same_tree(a.rng["torch"], b.rng["torch"])
+        assert RunRecord.read(tmp_path / "legs" / f"seed={seed}").resumed_from_step == 4
+    # Run again: finished members are skipped; a changed config is refused and changes nothing.
+    again = run_fused(tmp_path / "legs", [3, 4], "trainer.steps=6", *common)
+    assert [o.kind for o in again] == ["skipped", "skipped"]
+    before = (tmp_path / "legs" / "seed=3" / "status.json").read_bytes()
+    changed = run_fused(tmp_path / "legs", [3, 4], "trainer.steps=6", "optimizer.d.lr=0.1", *common)
+    assert [o.kind for o in changed] == ["refused", "refused"]
+    assert "optimizer.d.lr" in changed[0].message
+    assert (tmp_path / "legs" / "seed=3" / "status.json").read_bytes() == before
+
+
+def test_a_diverged_member_is_recorded_and_leaves_the_others_as_they_were(tmp_path):
+    """Seed 1's weights turn NaN (its checkpoint is poisoned before a resume): it ends
+    `diverged` at its first check, and seeds 0 and 2 finish exactly as without it."""
+    common = ["trainer.checkpoint_every=2", "trainer.log_every=2"]
+    for name in ("poisoned", "clean"):
+        run_fused(tmp_path / name, [0, 1, 2], "trainer.steps=2", *common)
+    path = RunPaths(tmp_path / "poisoned" / "seed=1").checkpoint
+    state = torch.load(path, weights_only=False)
+    next(iter(state["gan"]["generator"].values())).fill_(float("nan"))
+    torch.save(state, path)
+    poisoned = run_fused(tmp_path / "poisoned", [0, 1, 2], "trainer.steps=6", *common)
+    run_fused(tmp_path / "clean", [0, 1, 2], "trainer.steps=6", *common)
+    assert [o.record.status for o in poisoned] == ["ok", "diverged", "ok"]
+    assert poisoned[1].record.step == 4  # found at the first logged step, as a solo run finds it
+    assert weights(tmp_path / "poisoned" / "seed=1").step == 2  # its last good checkpoint is kept
+    # The others trained on: no NaN reached them. After seed 1 left, they ran as a group of
+    # two, whose batched kernels may round otherwise than a group of three's: equal within
+    # float tolerance, not bit for bit.
+    for seed in (0, 2):
+        left, kept = weights(tmp_path / "poisoned" / f"seed={seed}"), weights(tmp_path / "clean" / f"seed={seed}")
+        assert left.step == kept.step == 6
+        assert all(torch.isfinite(v).all() for v in left.gan["generator"].values())
+        assert_same_tree(left.gan["generator"], kept.gan["generator"], exact=False, rtol=1e-3, atol=1e-5)
+        assert_same_tree(left.gan["discriminator"], kept.gan["discriminator"], exact=False, rtol=1e-3, atol=1e-5)
+    assert RunRecord.read(tmp_path / "poisoned" / "seed=1").status == "diverged"
+
+
+def test_a_members_folder_is_a_solo_runs_folder(tmp_path):
+    """A fused member resumes solo and samples like any run; the record keeps that it was fused."""
+    from gan_experiments.sample import load_generator
+
+    run_fused(tmp_path, [5, 6], "trainer.steps=2", "trainer.checkpoint_every=2", setup="mlp_ring")
+    record = train(tiny_cfg("data=ring", "trainer.steps=4", "seed=6", model="mlp"), tmp_path / "seed=6",
+                   sweep_dir=tmp_path)
+    assert record["status"] == "ok" and record["resumed_from_step"] == 2 and record["fused_with"] == [5, 6]
+    generator = load_generator(tmp_path / "seed=5")
+    assert generator(torch.zeros(3, generator.latent_dim)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("option, named", [
+    ("model.spectral_norm=true", "model.spectral_norm"),
+    ("loss/penalty=r1", "gradient penalty"),
+    ("trainer.precision=bf16", "trainer.precision"),
+    ("trainer.ema_decay=0.999", "trainer.ema_decay"),
+    ("optimizer=sgd", None),
+])
+def test_options_a_fused_group_does_not_train_are_refused_in_one_paragraph(tmp_path, option, named):
+    outcomes = run_fused(tmp_path, [0, 1], option)
+    if named is None:  # SGD updates each weight on its own: it fuses
+        assert [o.record.status for o in outcomes] == ["ok", "ok"]
+        return
+    assert [o.kind for o in outcomes] == ["refused", "refused"]
+    message = outcomes[0].message
+    assert named in message and "drop hydra/launcher=fused" in message and "\n" not in message
+    assert not (tmp_path / "seed=0").exists()  # a refused start writes nothing
+
+
+@pytest.mark.slow
+def test_twenty_fused_ring_seeds_are_a_sample_of_the_solo_runs_distribution(tmp_path):
+    """20 seeds of PacGAN's 2D nets on the ring, fused and solo: the report's own comparison of
+    the final reverse KL cannot tell them apart, and the interval of the difference is narrow
+    (each member tracks its solo run to float rounding, so the difference is far below the
+    seeds' spread)."""
+    from gan_experiments.comparison import compare
+
+    settings = ["data=ring", "trainer.steps=300", "trainer.batch_size=64", "trainer.checkpoint_every=300",
+                "trainer.sample_every=300", "trainer.log_every=50", "model.g_hidden=[64,64]",
+                "model.d_hidden=[64,64]", "model.latent_dim=2", "model.g_norm=batch", "model.g_activation=relu",
+                "model.d_activation=maxout", "model.init_std=0.02"]
+    seeds = range(20)
+    members = [fused.Member(tiny_cfg(*settings, f"seed={s}", model="mlp"), tmp_path / "fused" / f"seed={s}")
+               for s in seeds]
+    fused_kl = [o.record.value for o in fused.run_group(members, tmp_path / "fused")]
+    solo_kl = [train(tiny_cfg(*settings, f"seed={s}", model="mlp"), tmp_path / "solo" / f"seed={s}")["value"]
+               for s in seeds]
+    (comparison,) = compare({"fused": fused_kl, "solo": solo_kl}, [("fused", "solo")], higher_is_better=False)
+    spread = float(torch.tensor(solo_kl).std())
+    assert comparison.verdict == "cannot tell at n = 20"
+    assert comparison.ci[0] <= 0 <= comparison.ci[1]
+    assert abs(comparison.difference) < 0.05 * spread  # far below the seeds' spread
+    assert comparison.ci[1] - comparison.ci[0] < 2 * spread
+    paired = [abs(f - s) for f, s in zip(fused_kl, solo_kl, strict=True)]
+    assert sorted(paired)[len(paired) // 2] < 1e-3 * max(1.0, spread)  # most members: their solo run's number
