@@ -205,3 +205,62 @@ def test_twenty_fused_ring_seeds_are_a_sample_of_the_solo_runs_distribution(tmp_
     assert comparison.ci[1] - comparison.ci[0] < 2 * spread
     paired = [abs(f - s) for f, s in zip(fused_kl, solo_kl, strict=True)]
     assert sorted(paired)[len(paired) // 2] < 1e-3 * max(1.0, spread)  # most members: their solo run's number
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_from_the_command_line_reports_reruns_and_resumes_like_a_solo_one(tmp_path):
+    """The real launcher: two groups (loss) of three seeds; the report and the rerun decision
+    read its folders; a SIGTERM checkpoints every member, and the same command resumes them."""
+    import csv
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_sweep import sweep
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["loss=nonsat,smooth", "seed=0,1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
+    result = sweep(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("started (fused)") == 6 and result.stdout.count(": ok at step 4") == 6
+    with open(sweep_dir / "sweep_status.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    job = sweep_dir / "loss=smooth,seed=2"
+    assert json.loads((job / "status.json").read_text())["fused_with"] == [0, 1, 2]
+    assert (job / ".hydra" / "config.yaml").is_file() and list(job.glob("events.out.tfevents.*"))
+    report = subprocess.run([sys.executable, "-m", "gan_experiments.report", str(sweep_dir)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "loss=nonsat" in report.stdout and "loss=smooth" in report.stdout
+
+    again = sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("already ok, skipped") == 6, again.stdout
+    changed = sweep(*args, "optimizer.d.lr=0.1", cwd=tmp_path)
+    assert changed.stdout.count("start refused") == 6 and "optimizer.d.lr" in changed.stdout
+
+    # Interrupted and resumed: a longer sweep of its own, stopped once every member trains.
+    long_dir = tmp_path / "long"
+    long_args = ["seed=0,1", "hydra/launcher=fused", f"hydra.sweep.dir={long_dir}", "trainer.steps=3000",
+                 "trainer.log_every=50", "trainer.checkpoint_every=100000", "trainer.sample_every=100000",
+                 "eval.every=0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gan_experiments", "-m", "--config-dir", str(tmp_path / "my_conf"),
+         "+experiment=tiny_ring", *long_args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(long_dir.glob("seed=*/events.out.tfevents.*"))) < 2:
+        time.sleep(0.2)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=120)
+    records = [json.loads((long_dir / f"seed={s}" / "status.json").read_text()) for s in (0, 1)]
+    assert [r["status"] for r in records] == ["interrupted"] * 2, out
+    assert 0 < records[0]["step"] == records[1]["step"] < 3000
+    assert all((long_dir / f"seed={s}" / "checkpoints" / "last.pt").is_file() for s in (0, 1))
+    resumed = sweep(*long_args, cwd=tmp_path)
+    assert resumed.returncode == 0 and resumed.stdout.count("resuming (fused)") == 2, resumed.stdout
+    records = [json.loads((long_dir / f"seed={s}" / "status.json").read_text()) for s in (0, 1)]
+    assert [(r["status"], r["step"]) for r in records] == [("ok", 3000)] * 2
+    assert records[0]["resumed_from_step"] > 0
