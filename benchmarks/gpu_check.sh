@@ -2,7 +2,7 @@
 # The GPU checks in one script, for the day a GPU machine is lent (issue 27): the gpu-marked tests
 # (a bit-exact resume with trainer.deterministic=true, bf16/fp16 and the fp16 penalty,
 # channels_last and compile with fused Adam, four jobs of a jobs_per_gpu=4 sweep on one GPU at
-# once per nvidia-smi), then throughput on CUDA and the sweep benchmark. It prints the table for
+# once per nvidia-smi), then throughput on CUDA, fused seeds and the sweep benchmark. It prints the table for
 # BENCHMARKS.md and copies the logs to $OUT when that is set.
 #
 # The device tool's image has torch but not hydra-core, omegaconf (antlr4-python3-runtime),
@@ -28,6 +28,8 @@ python3 -m pytest -m gpu -p no:cacheprovider -q -rs tests/test_gpu.py 2>&1 | tee
 tests=$(tail -1 "$out/gpu_tests.log")
 
 python3 benchmarks/throughput.py --device cuda 2>&1 | tee "$out/throughput.log"
+# Fused seeds (issue 31): the target is fused >= 10x one after another at N = 20 for dcgan_small.
+python3 benchmarks/fused_seeds.py --device cuda --members 1,4,8,20 2>&1 | tee "$out/fused_seeds.log"
 if python3 -c "import ray, hydra_plugins.hydra_ray_launcher" 2>/dev/null; then
   python3 benchmarks/sweep.py --jobs 8 --steps 2000 --jobs-per-gpu 4 2>&1 | tee "$out/sweep.log"
   sweep=$(grep '^| [0-9]' "$out/sweep.log" | tail -1)
@@ -44,3 +46,7 @@ echo
 echo "Throughput (\`benchmarks/throughput.py --device cuda\`):"
 echo
 grep '^|' "$out/throughput.log"
+echo
+echo "Fused seeds (\`benchmarks/fused_seeds.py --device cuda\`):"
+echo
+grep '^|' "$out/fused_seeds.log"

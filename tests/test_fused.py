@@ -207,3 +207,24 @@ def test_twenty_fused_ring_seeds_are_a_sample_of_the_solo_runs_distribution(tmp_
     assert comparison.ci[0] <= 0 <= comparison.ci[1]
     assert abs(comparison.difference) < 0.5 * spread
     assert comparison.ci[1] - comparison.ci[0] < 1.6 * spread  # what two independent sets of 20 give
+
+
+@pytest.mark.gpu
+def test_on_cuda_members_take_their_solo_runs_first_steps_and_resume_bit_exactly(tmp_path):
+    """REAL GPU. Each member's training stream is a CUDA generator that starts where the solo
+    run's CUDA stream does, and a fused group resumed from its checkpoints equals an
+    uninterrupted one with deterministic kernels."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cuda = ["trainer.device=cuda", "trainer.deterministic=true", "trainer.log_every=1", "trainer.checkpoint_every=2"]
+    run_fused(tmp_path / "fused", [0, 1], "trainer.steps=2", *cuda)
+    for seed in (0, 1):
+        solo_dir = tmp_path / "solo" / f"seed={seed}"
+        train(tiny_cfg(*cuda, "trainer.steps=2", f"seed={seed}"), solo_dir)
+        got, want = read_events(tmp_path / "fused" / f"seed={seed}"), read_events(solo_dir)
+        for tag in ("loss/D", "loss/G"):
+            assert math.isclose(got.Scalars(tag)[0].value, want.Scalars(tag)[0].value, rel_tol=1e-4), tag
+    run_fused(tmp_path / "straight", [0, 1], "trainer.steps=4", *cuda)
+    run_fused(tmp_path / "fused", [0, 1], "trainer.steps=4", *cuda)
+    for seed in (0, 1):
+        assert_same_tree(weights(tmp_path / "straight" / f"seed={seed}").gan, weights(tmp_path / "fused" / f"seed={seed}").gan)
