@@ -82,13 +82,14 @@ def rng_state(device: torch.device) -> dict:
     }
 
 
-def arithmetic(device: torch.device) -> dict:
+def arithmetic(device: torch.device, members: int = 1) -> dict:
     """What a run's numbers depend on beyond its config and seed: the device, the torch build,
-    and the CPU thread count (convolutions sum in another order on another number of threads).
-    A resume on other arithmetic is the same experiment, but no longer bit-exact."""
+    the CPU thread count (convolutions sum in another order on another number of threads), and
+    how many runs were trained fused with it (`members`: batched kernels round otherwise). A
+    resume on other arithmetic is the same experiment, but no longer bit-exact."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "deterministic": torch.are_deterministic_algorithms_enabled()}
+            "deterministic": torch.are_deterministic_algorithms_enabled(), "fused_members": members}
 
 
 def arithmetic_changes(saved: dict | None, now: dict) -> list[str]:

@@ -104,6 +104,7 @@ class Member:
     session: Session | None = None
     rng: dict = field(default_factory=dict)  # checkpoint.rng_state at the start of training
     generator: torch.Generator | None = None  # its training stream, on the device
+    claim: object = None  # its folder's claim while the group trains (_claimed_start)
 
 
 @dataclass
@@ -170,8 +171,8 @@ def fused_step(group: Group, generators: list[torch.Generator], data, losses, tr
     update. Each member draws its batch and noise from its own stream in the solo step's order
     (batch, its instance noise, G's noise, the fakes' instance noise), so its first step is its
     solo run's. Returns the statistics as (N,) tensors (the losses and D's outputs where
-    `measure`), and whether every member's losses were finite (a scalar: nothing here waits for
-    the device)."""
+    `measure`), whether every member's losses were finite (a scalar), and (N,) whether each
+    member's logits were: nothing here waits for the device."""
     G, D, batch = group.generator, group.discriminator, trainer.batch_size
     stats = {}
 
@@ -207,14 +208,17 @@ def fused_step(group: Group, generators: list[torch.Generator], data, losses, tr
                 "D/real": torch.sigmoid(real_logits.detach()).flatten(1).mean(1),
                 "D/fake": torch.sigmoid(fake_logits.detach()).flatten(1).mean(1),
             })
-    # One flag for the group, as a solo step's: the sum is finite when every member's loss is.
+    # One flag for the group, as a solo step's: the sum is finite when every member's loss is;
+    # and which members' logits were not finite, to tell who diverged at the next check.
     finite = torch.isfinite(d_total.detach()) & torch.isfinite(g_total.detach())
-    return {name: value for name, value in stats.items() if value is not None}, finite
+    logits = torch.cat([real_logits.detach(), fake_logits.detach(), fake_logits_g.detach()], dim=1)
+    return {name: value for name, value in stats.items() if value is not None}, finite, torch.isfinite(logits).all(dim=1)
 
 
 def diverged_members(group: Group, stats: dict) -> torch.Tensor:
     """(N,) which members diverged, once the group's losses were non-finite: a member whose
-    weights are no longer finite, or whose losses at this (logged) step are not."""
+    weights are no longer finite, or whose losses at this (logged) step are not (run_loop adds
+    the members whose logits were not finite at any step since the last check)."""
     bad = torch.zeros(group.generator.members, dtype=torch.bool, device=next(iter(group.generator.params.values())).device)
     for net in (group.generator, group.discriminator):
         for p in net.params.values():
@@ -271,7 +275,8 @@ def run_group(members: list[Member], sweep_dir: Path) -> list[Outcome]:
             try:
                 check_values(m.cfg)
                 check_fusable(m.cfg)
-                m.start = held.enter_context(_claimed_start(m.run_dir, resolved(m.cfg)))
+                m.claim = held.enter_context(_claimed_start(m.run_dir, resolved(m.cfg)))
+                m.start = m.claim.start
             except StartRefused as error:
                 outcomes[i] = Outcome("refused", message=str(error))
                 continue
@@ -287,22 +292,54 @@ def run_group(members: list[Member], sweep_dir: Path) -> list[Outcome]:
 
 
 class _claimed_start:
-    """lifecycle.claim held for the group's training, with the member's rerun decision; a start
-    refused here cleans up as claim does."""
+    """lifecycle.claim held for the group's training, with the member's rerun decision. A start
+    refused here, or later while the group sets up (`refused`), cleans up as claim does: the
+    lock file, and the folder where the claim made it."""
 
     def __init__(self, run_dir: Path, config: dict):
         self.claim, self.run_dir, self.config = claim(run_dir), run_dir, config
+        self.refused: StartRefused | None = None
 
-    def __enter__(self) -> Start:
+    def __enter__(self) -> "_claimed_start":
         self.claim.__enter__()
         try:
-            return decide_start(self.run_dir, self.config, rerun=True)
+            self.start = decide_start(self.run_dir, self.config, rerun=True)
         except StartRefused as error:
-            self.claim.__exit__(type(error), error, error.__traceback__)
+            self._refuse(error)
             raise
+        return self
 
     def __exit__(self, *exc):
-        return self.claim.__exit__(None, None, None)
+        if self.refused is not None:
+            self._refuse(self.refused)
+        else:
+            self.claim.__exit__(None, None, None)
+
+    def _refuse(self, error: StartRefused) -> None:
+        try:
+            self.claim.__exit__(StartRefused, error, error.__traceback__)
+        except StartRefused:
+            pass
+
+
+def _stopped_at_once(record: RunRecord, error: StopNow, run_dir: Path) -> Outcome:
+    """A second signal while training: as run._start records it for a solo run."""
+    return Outcome("stopped_at_once", _failed(record, error, run_dir), message=(
+        f"Stopped at once by {error}, without a new checkpoint. Run the same sweep command again to "
+        f"resume from the last checkpoint."), error=error)
+
+
+def _failure(record: RunRecord | None, error: Exception, run_dir: Path) -> Outcome:
+    """A member's failure after its start, as run._start turns it into an Outcome."""
+    from gan_experiments.run import DISK_FULL, write_failure
+
+    if record is not None:
+        _failed(record, error, run_dir)
+    if isinstance(error, checkpoint.WriteFailed) or getattr(error, "errno", None) in DISK_FULL:
+        failure = UserError(write_failure(error, run_dir))
+        failure.__cause__ = error
+        return Outcome("failed", record, str(failure), failure)
+    return Outcome("failed", record, str(error), error)
 
 
 def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
@@ -311,6 +348,19 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
     outcomes: list[Outcome | None] = [None] * len(members)
     records: list[RunRecord | None] = [None] * len(members)
     loggers: list[Loggers] = [Loggers([]) for _ in members]
+    index = {id(m): i for i, m in enumerate(members)}
+    stop = None
+
+    def finish_member(m: Member, ended: str, stopped_by: str) -> None:
+        """A member's end, written when it ends: a member that diverged is final even if the
+        group fails later; one member's failure to finish is its own."""
+        i = index[id(m)]
+        try:
+            outcomes[i] = Outcome("trained", finish(m.session, ended, stopped_by))
+        except Exception as error:
+            log.error("%s failed at its end", m.run_dir.name, exc_info=error)
+            outcomes[i] = _failure(records[i], error, m.run_dir)
+
     try:
         device = resolve_device(cfg.trainer.device)
         with stop_requests(sweep_dir) as stop:
@@ -328,7 +378,7 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
                     raise StartRefused(str(error)) from None
                 m.on_start(m.start)
                 records[i] = RunRecord.begin(m.run_dir, m.cfg.trainer.steps, m.start.step, m.start.kind == "resume",
-                                             prepared.objective, checkpoint.arithmetic(device))
+                                             prepared.objective, checkpoint.arithmetic(device, len(members)))
                 records[i].fused_with = seeds
                 records[i].write(m.run_dir)
                 m.session = set_up(m.cfg, m.run_dir, device, prepared, m.start.saved, records[i], loggers[i], m.hparams)
@@ -338,70 +388,78 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
                 m.generator = torch.Generator(device)
                 m.generator.set_state(m.rng["cuda"] if device.type == "cuda" else m.rng["torch"])
             stop.setting_up = False
-            ended = run_loop(stack(members), stop)
-            for i, m in enumerate(members):
-                outcomes[i] = Outcome("trained", finish(m.session, ended[i], stop.signal_name))
+            run_loop(stack(members), stop, lambda m, ended: finish_member(m, ended, stop.signal_name))
     except StartRefused as error:  # a member's set-up refused: the group's configs differ only in seed
         for i, m in enumerate(members):
-            outcomes[i] = (Outcome("refused", message=str(error)) if records[i] is None
-                           else Outcome("failed", _failed(records[i], error, m.run_dir), str(error), error))
+            if records[i] is None:
+                outcomes[i] = Outcome("refused", message=str(error))
+                m.claim.refused = error  # its folder is left as it was
+            else:
+                outcomes[i] = Outcome("failed", _failed(records[i], error, m.run_dir), str(error), error)
     except StopNow as error:
         for i, m in enumerate(members):
+            if outcomes[i] is not None:
+                continue
             if records[i] is None:
                 outcomes[i] = Outcome("refused", message=f"Stopped by {error.signal_name or 'the sweep'} "
                                                          f"before the run started.")
-            elif outcomes[i] is None:
+                m.claim.refused = StartRefused(outcomes[i].message)
+            elif stop is None or stop.setting_up:  # nothing trained in this leg: the folder's checkpoint stands
                 outcomes[i] = Outcome("trained", _stopped_before_training(records[i], m.start.saved, error, m.run_dir))
+            else:
+                outcomes[i] = _stopped_at_once(records[i], error, m.run_dir)
     except Exception as error:
         log.error("Fused group failed", exc_info=error)
         for i, m in enumerate(members):
             if outcomes[i] is None:
-                if records[i] is not None:
-                    _failed(records[i], error, m.run_dir)
-                outcomes[i] = Outcome("failed", records[i], str(error), error)
+                outcomes[i] = _failure(records[i], error, m.run_dir)
     finally:
         for i, record in enumerate(records):
             loggers[i].close("interrupted" if record is not None and record.status == "interrupted" else "failed")
     return outcomes
 
 
-def run_loop(group: Group, stop: threading.Event) -> list[str]:
-    """train.run_loop for a group: returns how each member's training ended (ok | diverged |
-    interrupted), in the members' order."""
-    members = list(group.members)
-    ended = {id(m): "ok" for m in members}
-    s0 = members[0].session
+def run_loop(group: Group, stop: threading.Event, finish_member: Callable[[Member, str], None]) -> None:
+    """train.run_loop for a group. Each member is finished (`finish_member(member, how)`, how:
+    ok | diverged | interrupted) when its training ends: a diverged one when it leaves the
+    group, the others at the group's end."""
+    s0 = group.members[0].session
     cfg, trainer = s0.cfg, s0.cfg.trainer
     losses, data = s0.losses, s0.data
     latent_dim = int(cfg.model.latent_dim)
-    nonfinite = torch.zeros((), dtype=torch.bool, device=s0.gan.device)
-    while group.step < trainer.steps and group.members:
+    device = s0.gan.device
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    bad_logits = torch.zeros(len(group.members), dtype=torch.bool, device=device)
+    while group.step < trainer.steps:
         noise_std = instance_noise_std(group.step, trainer.instance_noise, s0.noise_horizon)
         measure = (group.step + 1) % trainer.log_every == 0 or group.step + 1 == trainer.steps
-        stats, finite = fused_step(group, [m.generator for m in group.members], data, losses, trainer,
-                                   latent_dim, noise_std, measure)
+        stats, finite, logits_finite = fused_step(group, [m.generator for m in group.members], data, losses,
+                                                  trainer, latent_dim, noise_std, measure)
         nonfinite |= ~finite  # read only at the checks, as a solo run's
+        bad_logits |= ~logits_finite
         step = group.step
         for m in group.members:
             m.session.record.running(step)
         at_checkpoint = step % trainer.checkpoint_every == 0 or step == trainer.steps
         if (measure or at_checkpoint or stop.is_set()) and nonfinite.item():
-            bad = diverged_members(group, stats).tolist()
-            if not any(bad):  # an overflow that left every member's weights finite
-                log.warning("A non-finite loss by step %d left every member's weights finite; training on.", step)
+            bad = (diverged_members(group, stats) | bad_logits).tolist()
+            if not any(bad):  # the losses' mean overflowed with every member's logits and weights finite
+                log.warning("A non-finite loss by step %d left every member's logits and weights finite; "
+                            "training on.", step)
             for m, diverged in zip(group.members, bad, strict=True):
                 if diverged:
                     log.error("%s: non-finite loss by step %d: it leaves the fused group; its last good "
                               "checkpoint is kept.", m.run_dir.name, step)
                     m.session.gan.step = step
-                    ended[id(m)] = "diverged"
+                    finish_member(m, "diverged")
+            if all(bad):
+                return
             if any(bad):
                 keep = [i for i, diverged in enumerate(bad) if not diverged]
                 group = group.keep(keep)
                 stats = {name: value[keep] for name, value in stats.items()}
-            nonfinite = torch.zeros((), dtype=torch.bool, device=s0.gan.device)
-            if not group.members:
-                break
+            nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+            bad_logits = torch.zeros(len(group.members), dtype=torch.bool, device=device)
         if measure:
             for i, m in enumerate(group.members):
                 m.session.gan.opt_g.param_groups[0]["lr"] = group.generator.optimizer.param_groups[0]["lr"]
@@ -410,23 +468,27 @@ def run_loop(group: Group, stop: threading.Event) -> list[str]:
                 log_scalars(m.session, {name: value[i] for name, value in stats.items()}, noise_std)
         sample = step % trainer.sample_every == 0 or step == trainer.steps
         evaluate = s0.evaluator.enabled and (step == trainer.steps or cfg.eval.every and step % cfg.eval.every == 0)
-        if sample or evaluate or at_checkpoint or stop.is_set():
+        # Read once: a signal during the members' sampling must not end the loop before every
+        # member has its checkpoint at this step (it stops the next one, with checkpoints).
+        stopping = stop.is_set()
+        if sample or evaluate or at_checkpoint or stopping:
             group.write_back()
         for m in group.members:
             if sample:
                 sample_now(m.session)
             if evaluate:
                 evaluate_now(m.session)
-            if at_checkpoint or stop.is_set():
+            if at_checkpoint or stopping:
                 m.session.loggers.flush()
-                save_checkpoint(m.session, member_rng(m, s0.gan.device))
+                save_checkpoint(m.session, member_rng(m, device))
                 m.session.record.write(m.run_dir)
-        if stop.is_set() and step < trainer.steps:
+        if stopping and step < trainer.steps:
             log.warning("Stop requested: checkpoints written at step %d.", step)
             for m in group.members:
-                ended[id(m)] = "interrupted"
-            break
-    return [ended[id(m)] for m in members]
+                finish_member(m, "interrupted")
+            return
+    for m in group.members:
+        finish_member(m, "ok")
 
 
 def group_key(overrides) -> tuple[str, ...]:

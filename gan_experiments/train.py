@@ -369,7 +369,7 @@ def save_checkpoint(s: Session, rng: dict | None = None) -> None:
         scalers=[scaler.state_dict() for scaler in s.scalers], noise_horizon=s.noise_horizon,
         last_scalars=s.last_scalars, last_scalars_step=s.last_scalars_step,
         metrics=measurements_json(s.record.metrics),
-        arithmetic=checkpoint.arithmetic(s.gan.device),
+        arithmetic=s.record.arithmetic,  # this leg's, as its record states it
     ).save(RunPaths(s.run_dir).checkpoint)
 
 
@@ -432,13 +432,14 @@ def run_loop(s: Session, stop: threading.Event) -> str:
             bar.set_description_str("Evaluating")
             evaluate_now(s)
             bar.set_description_str("Training")
-        if at_checkpoint or stop.is_set():
+        stopping = stop.is_set()  # read once: a signal after the save must not end the loop without one
+        if at_checkpoint or stopping:
             # First: a kill during the save leaves them ahead of the older checkpoint, which a
             # resume handles; behind it, the points in between would be lost.
             s.loggers.flush()  # MLflow and W&B are sent what the checkpoint covers
             save_checkpoint(s)
             s.record.write(s.run_dir)
-        if stop.is_set() and gan.step < trainer.steps:
+        if stopping and gan.step < trainer.steps:
             log.warning("Stop requested: checkpoint written at step %d.", gan.step)
             outcome = "interrupted"
             break

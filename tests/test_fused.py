@@ -149,6 +149,49 @@ def test_a_diverged_member_is_recorded_and_leaves_the_others_as_they_were(tmp_pa
     assert RunRecord.read(tmp_path / "poisoned" / "seed=1").status == "diverged"
 
 
+def test_a_group_whose_every_member_diverges_records_each_one_diverged(tmp_path):
+    common = ["trainer.checkpoint_every=2", "trainer.log_every=2"]
+    run_fused(tmp_path, [0, 1], "trainer.steps=2", *common)
+    for seed in (0, 1):
+        path = RunPaths(tmp_path / f"seed={seed}").checkpoint
+        state = torch.load(path, weights_only=False)
+        next(iter(state["gan"]["discriminator"].values())).fill_(float("inf"))
+        torch.save(state, path)
+    outcomes = run_fused(tmp_path, [0, 1], "trainer.steps=6", *common)
+    assert [(o.kind, o.record.status, o.record.step) for o in outcomes] == [("trained", "diverged", 4)] * 2
+    assert [o.kind for o in run_fused(tmp_path, [0, 1], "trainer.steps=6", *common)] == ["skipped"] * 2
+
+
+def test_a_signal_while_members_sample_checkpoints_every_member_at_its_recorded_step(tmp_path, monkeypatch):
+    """SIGTERM arrives while the last member's grid is drawn: the step's checks are behind the
+    others by then, so the group stops at the next step, where every member is checkpointed.
+    (It used to stop at once: the first members ended `interrupted` at a step their
+    checkpoints did not hold.)"""
+    import os
+    import signal
+
+    drawn = []
+
+    def sample_then_signal(session):
+        drawn.append(session.run_dir.name)
+        if len(drawn) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(fused, "sample_now", sample_then_signal)
+    outcomes = run_fused(tmp_path, [0, 1, 2], "trainer.steps=8", "trainer.sample_every=2",
+                         "trainer.checkpoint_every=100", "eval.every=0", setup="mlp_ring")
+    assert [o.record.status for o in outcomes] == ["interrupted"] * 3
+    for seed, outcome in zip((0, 1, 2), outcomes, strict=True):
+        assert outcome.record.step == weights(tmp_path / f"seed={seed}").step == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refused only where there is no GPU")
+def test_a_start_refused_while_the_group_sets_up_leaves_no_folder(tmp_path):
+    outcomes = run_fused(tmp_path, [0, 1], "trainer.device=cuda")
+    assert [o.kind for o in outcomes] == ["refused"] * 2 and "trainer.device=cuda" in outcomes[0].message
+    assert not (tmp_path / "seed=0").exists() and not (tmp_path / "seed=1").exists()
+
+
 def test_a_members_folder_is_a_solo_runs_folder(tmp_path):
     """A fused member resumes solo and samples like any run; the record keeps that it was fused."""
     from gan_experiments.sample import load_generator
