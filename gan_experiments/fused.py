@@ -287,6 +287,9 @@ def run_group(members: list[Member], sweep_dir: Path) -> list[Outcome]:
         # Members resumed from different steps cannot share a step: each step is a group.
         for step in sorted({members[i].start.step for i in started}):
             indices = [i for i in started if members[i].start.step == step]
+            if sweep_stopped(sweep_dir):  # an earlier group was stopped: the sweep is
+                outcomes.update({i: Outcome("not_started", message="the sweep was stopped") for i in indices})
+                continue
             outcomes.update(zip(indices, _train([members[i] for i in indices], sweep_dir), strict=True))
     return [outcomes[i] for i in range(len(members))]
 
