@@ -566,6 +566,7 @@ def _job(launcher, config: DictConfig, sweep_dir: Path):
     name = f"[job {config.hydra.job.num}] {run_dir.name}"
 
     def on_start(start: Start) -> None:
+        HydraConfig.instance().set_config(config)  # ${hydra:...} in the saved config resolves to this job's
         save_hydra_files(run_dir, task_cfg, hydra_cfg)
         print(f"{name}: {'resuming' if start.kind == 'resume' else 'started'} (fused)", flush=True)
 
