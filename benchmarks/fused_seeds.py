@@ -102,8 +102,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def solo_rate(cfg, data, device, steps: int) -> tuple[float, tuple[float, float], float]:
-    """(steps/s, operator calls per step (top-level, kernels), FLOPs per step) of one solo run."""
+def solo_rate(cfg, data, device, steps: int) -> tuple[float, tuple[float, float, float], float]:
+    """(steps/s, operator calls per step (top-level, kernels, random draws), FLOPs per step) of
+    one solo run."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from gan_experiments.train import train_step
@@ -119,8 +120,9 @@ def solo_rate(cfg, data, device, steps: int) -> tuple[float, tuple[float, float]
     return rate, operator_calls(step, device), flops.get_total_flops()
 
 
-def fused_rate(cfg, data, device, n: int, steps: int) -> tuple[float, tuple[float, float]]:
-    """(seed-steps/s, operator calls per seed-step (top-level, kernels)) of n seeds fused."""
+def fused_rate(cfg, data, device, n: int, steps: int) -> tuple[float, tuple[float, float, float]]:
+    """(seed-steps/s, operator calls per seed-step (top-level, kernels, random draws)) of n
+    seeds fused."""
     from gan_experiments.fused import fused_step
     from gan_experiments.train import make_losses
 
@@ -130,8 +132,8 @@ def fused_rate(cfg, data, device, n: int, steps: int) -> tuple[float, tuple[floa
     def step(i):
         fused_step(group, generators, data, losses, cfg.trainer, latent, 0.0, measure=False)
 
-    top, kernels = operator_calls(step, device)
-    return n * timed(step, steps, device), (top / n, kernels / n)
+    top, kernels, draws = operator_calls(step, device)
+    return n * timed(step, steps, device), (top / n, kernels / n, draws / n)
 
 
 def timed(step, steps: int, device) -> float:
@@ -154,11 +156,14 @@ VIEWS = {"aten::view", "aten::_unsafe_view", "aten::reshape", "aten::_reshape_al
          "aten::_has_compatible_shallow_copy_type", "aten::to", "aten::_to_copy", "aten::contiguous"}
 
 
-def operator_calls(step, device, steps: int = 3) -> tuple[float, float]:
+RANDOM = ("aten::normal_", "aten::random_", "aten::uniform_")
+
+
+def operator_calls(step, device, steps: int = 3) -> tuple[float, float, float]:
     """Per call of `step`: (top-level operator calls, the autograd engine's backward nodes
-    included; kernel launches: the innermost operator calls that are not views). A GPU pays a
-    launch for each of the latter; the optimizer's step is one top-level call but a kernel per
-    tensor and operation."""
+    included; kernel launches: the innermost operator calls that are not views; of these, the
+    random draws). A GPU pays a launch for each of the latter two; the optimizer's step is one
+    top-level call but a kernel per tensor and operation."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -175,7 +180,8 @@ def operator_calls(step, device, steps: int = 3) -> tuple[float, float]:
             e.name in ("aten::copy_",) and not inner)
 
     kernels = [e for e in events if launches(e)]
-    return len(top) / steps, len(kernels) / steps
+    draws = [e for e in kernels if e.name in RANDOM]
+    return len(top) / steps, len(kernels) / steps, len(draws) / steps
 
 
 def _parallel_worker(net, device, seconds, queue, go):
@@ -243,21 +249,23 @@ def main() -> None:
           f"{torch.get_num_threads()} threads\n")
     print("| net | N | one after another (seed-steps/s) | parallel, 1-thread processes | fused | fused / one after "
           "another | fused / parallel | top-level operator calls per seed-step, solo / fused | kernel launches per "
-          "seed-step, solo / fused (target ≤ 1.2 × solo / N) | on paper, GPU: fused / one after another |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "seed-step, solo / fused (target ≤ 1.2 × solo / N) | of which random draws, solo / fused | "
+          "on paper, GPU: fused / one after another |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for net in args.nets.split(","):
         cfg = compose(net, args.device)
         data = data_for(cfg, device)
         steps = args.steps or (30 if net == "dcgan_small" else 60)
-        solo, (solo_top, solo_kernels), flops = solo_rate(cfg, data, device, steps)
+        solo, (solo_top, solo_kernels, solo_draws), flops = solo_rate(cfg, data, device, steps)
         parallel = parallel_rate(net, args.device, cores, 8.0) if device.type == "cpu" else float("nan")
         for n in members:
-            fused, (top, kernels) = fused_rate(cfg, data, device, n, max(3, steps // max(1, n // 4)))
+            fused, (top, kernels, draws) = fused_rate(cfg, data, device, n, max(3, steps // max(1, n // 4)))
             target = 1.2 * solo_kernels / n
             paper = on_paper(solo_kernels, flops) / on_paper(kernels, flops)
             print(f"| {net} | {n} | {solo:.1f} | {parallel:.1f} | {fused:.1f} | {fused / solo:.2f} | "
                   f"{fused / parallel:.2f} | {solo_top:.0f} / {top:.1f} | {solo_kernels:.0f} / {kernels:.1f} "
-                  f"(≤ {target:.1f}: {'yes' if kernels <= target else 'no'}) | {paper:.1f}× |", flush=True)
+                  f"(≤ {target:.1f}: {'yes' if kernels <= target else 'no'}) | {solo_draws:.0f} / {draws:.1f} | "
+                  f"{paper:.1f}× |", flush=True)
         print(f"<!-- {net}: {flops / 1e6:.1f} MFLOP per seed-step -->", flush=True)
 
 
