@@ -82,6 +82,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 def _conv_layers(net: nn.Sequential, state: dict, x: torch.Tensor, n: int) -> torch.Tensor:
     """`net`'s layers on (B, N x C, H, W): member m's channels are the m-th block of C."""
+    x = x.contiguous(memory_format=torch.channels_last)
     for i, layer in enumerate(net):
         name = f"net.{i}."
         bias = state.get(name + "bias")
