@@ -31,30 +31,26 @@ from gan_experiments.data import ImageStreamData, check_batch_size
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import Start, StartRefused, check_values, claim, decide_start
 from gan_experiments.loggers import LoggedRun, Loggers, job_group, start_loggers
-from gan_experiments.metrics.evaluator import check_cache_dir, resolve_objective
-from gan_experiments.progress import Progress
+from gan_experiments.metrics.evaluator import check_cache_dir
 from gan_experiments.record import RunRecord
-from gan_experiments.run import Outcome, _failed, _stopped_before_training
+from gan_experiments.run import Outcome, _failed, _stopped_before_training, failure
 from gan_experiments.stacked import ELEMENTWISE, StackedNet
 from gan_experiments.stop import StopNow, stop_requests, sweep_stopped
 from gan_experiments.summaries import HParams
 from gan_experiments.train import (
-    Prepared,
     Session,
     build,
-    build_gan,
     evaluate_now,
     finish,
     instance_noise_std,
     log_scalars,
-    make_losses,
+    prepare,
     resolve_device,
     resolved,
     sample_now,
     save_checkpoint,
     seed_everything,
     set_up,
-    use_deterministic_kernels,
 )
 
 log = logging.getLogger(__name__)
@@ -235,15 +231,6 @@ def member_rng(m: Member, device: torch.device) -> dict:
     return {**m.rng, ("cuda" if device.type == "cuda" else "torch"): m.generator.get_state()}
 
 
-def prepare_member(cfg: DictConfig, device: torch.device, data) -> Prepared:
-    """train.prepare with the group's data: seeded as the solo run, its G and D built as the
-    solo run builds them (the data loads without drawing random numbers; `load_data` checks)."""
-    seed_everything(cfg.seed)
-    use_deterministic_kernels(cfg.trainer.deterministic)
-    progress = Progress(False)
-    return Prepared(progress, data, build_gan(cfg, data, device), make_losses(cfg), resolve_objective(cfg.eval, data))
-
-
 def load_data(cfg: DictConfig, device: torch.device):
     """The group's data, loaded once. Raises UserError where it is streamed (its batches come
     from a loader, not from a member's stream)."""
@@ -332,19 +319,6 @@ def _stopped_at_once(record: RunRecord, error: StopNow, run_dir: Path) -> Outcom
         f"resume from the last checkpoint."), error=error)
 
 
-def _failure(record: RunRecord | None, error: Exception, run_dir: Path) -> Outcome:
-    """A member's failure after its start, as run._start turns it into an Outcome."""
-    from gan_experiments.run import DISK_FULL, write_failure
-
-    if record is not None:
-        _failed(record, error, run_dir)
-    if isinstance(error, checkpoint.WriteFailed) or getattr(error, "errno", None) in DISK_FULL:
-        failure = UserError(write_failure(error, run_dir))
-        failure.__cause__ = error
-        return Outcome("failed", record, str(failure), failure)
-    return Outcome("failed", record, str(error), error)
-
-
 def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
     cfg = members[0].cfg
     seeds = [int(m.cfg.seed) for m in members]
@@ -362,7 +336,7 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
             outcomes[i] = Outcome("trained", finish(m.session, ended, stopped_by))
         except Exception as error:
             log.error("%s failed at its end", m.run_dir.name, exc_info=error)
-            outcomes[i] = _failure(records[i], error, m.run_dir)
+            outcomes[i] = failure(records[i], error, m.run_dir)
 
     try:
         device = resolve_device(cfg.trainer.device)
@@ -373,7 +347,7 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
                 raise StartRefused(str(error)) from None
             for i, m in enumerate(members):
                 try:
-                    prepared = prepare_member(m.cfg, device, data)
+                    prepared = prepare(m.cfg, device, False, data)
                     loggers[i] = start_loggers(m.cfg.logger, LoggedRun(
                         m.run_dir, m.run_dir.name, job_group(sweep_dir),
                         m.start.step if m.start.kind == "resume" else None))
@@ -415,7 +389,7 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
         log.error("Fused group failed", exc_info=error)
         for i, m in enumerate(members):
             if outcomes[i] is None:
-                outcomes[i] = _failure(records[i], error, m.run_dir)
+                outcomes[i] = failure(records[i], error, m.run_dir)
     finally:
         for i, record in enumerate(records):
             loggers[i].close("interrupted" if record is not None and record.status == "interrupted" else "failed")

@@ -104,16 +104,22 @@ def _start(cfg, run_dir, start: Start, hparams, sweep_dir, on_start) -> Outcome:
     except StartRefused:
         raise
     except Exception as error:
-        if record is not None:
-            _failed(record, error, run_dir)
-        if isinstance(error, checkpoint.WriteFailed) or getattr(error, "errno", None) in DISK_FULL:
-            failure = UserError(write_failure(error, run_dir))
-            failure.__cause__ = error
-            return Outcome("failed", record, str(failure), failure)
-        return Outcome("failed", record, str(error), error)
+        return failure(record, error, run_dir)
     finally:
         # Where train() did not close them: a stop (interrupted) or a failure while setting up.
         loggers.close("interrupted" if record is not None and record.status == "interrupted" else "failed")
+
+
+def failure(record: RunRecord | None, error: Exception, run_dir: Path) -> Outcome:
+    """A run's failure after its start, recorded (where it has a record) and turned into its
+    Outcome; a result file that could not be written gets the paragraph naming the fix."""
+    if record is not None:
+        _failed(record, error, run_dir)
+    if isinstance(error, checkpoint.WriteFailed) or getattr(error, "errno", None) in DISK_FULL:
+        paragraph = UserError(write_failure(error, run_dir))
+        paragraph.__cause__ = error
+        return Outcome("failed", record, str(paragraph), paragraph)
+    return Outcome("failed", record, str(error), error)
 
 
 def _stopped_before_training(record: RunRecord, saved: TrainingState | None, error: StopNow,

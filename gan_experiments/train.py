@@ -301,18 +301,20 @@ class Prepared:
     objective: str  # the metric the run returns, eval.objective resolved for this data
 
 
-def prepare(cfg: DictConfig, device: torch.device, show_progress: bool) -> Prepared:
-    """Seed, load the data, build G, D and the losses. Bad input (a missing file, a size the
-    model cannot take, a pack that does not divide the batch, BatchNorm over one example, a
-    streamed set smaller than a batch, a weight without a penalty, an objective the run does
-    not measure) raises UserError here, before the start writes anything."""
+def prepare(cfg: DictConfig, device: torch.device, show_progress: bool, data=None) -> Prepared:
+    """Seed, load the data (unless given `data`, loaded and checked already: a fused group's),
+    build G, D and the losses. Bad input (a missing file, a size the model cannot take, a pack
+    that does not divide the batch, BatchNorm over one example, a streamed set smaller than a
+    batch, a weight without a penalty, an objective the run does not measure) raises UserError
+    here, before the start writes anything."""
     progress = Progress(show_progress)
     seed_everything(cfg.seed)
     use_deterministic_kernels(cfg.trainer.deterministic)
-    with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):
-        data = build(cfg.data, device=device)
-    check_batch_size(data, cfg.trainer.batch_size)
-    check_cache_dir(cfg.eval, data)
+    if data is None:
+        with progress.phase(f"Loading data ({cfg.data._target_.rsplit('.', 1)[-1]})"):
+            data = build(cfg.data, device=device)
+        check_batch_size(data, cfg.trainer.batch_size)
+        check_cache_dir(cfg.eval, data)
     return Prepared(progress, data, build_gan(cfg, data, device), make_losses(cfg),
                     resolve_objective(cfg.eval, data))
 

@@ -64,7 +64,7 @@ def test_a_member_starts_from_its_solo_runs_weights_and_stream(setup):
         solo = prepare(cfg, torch.device("cpu"), False)
         solo_stream = torch.get_rng_state()
         data = data or fused.load_data(cfg, torch.device("cpu"))
-        member = fused.prepare_member(cfg, torch.device("cpu"), data)
+        member = prepare(cfg, torch.device("cpu"), False, data)
         assert torch.equal(torch.get_rng_state(), solo_stream)  # the member's stream starts where the solo run's does
         assert_same_tree(member.gan.generator.state_dict(), solo.gan.generator.state_dict())
         assert_same_tree(member.gan.discriminator.state_dict(), solo.gan.discriminator.state_dict())
