@@ -3,7 +3,8 @@ networks as one call per layer, on weights stacked along a leading member dimens
 
 - A Linear is one batched matmul (`baddbmm`) over members.
 - A Conv2d or ConvTranspose2d is one grouped convolution, with the members as groups, on
-  activations laid out (batch, members x channels, H, W).
+  activations laid out (batch, members x channels, H, W). A transposed convolution of a 1x1
+  input (DCGAN G's first layer) is a linear map, so it too is a batched matmul.
 - BatchNorm normalises members x channels as channels, so each member keeps its own statistics
   and running statistics.
 - GroupNorm(g, C) is GroupNorm(g N, N C).
@@ -87,7 +88,9 @@ def _conv_layers(net: nn.Sequential, state: dict, x: torch.Tensor, n: int) -> to
         name = f"net.{i}."
         bias = state.get(name + "bias")
         bias = bias.flatten() if bias is not None else None
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, nn.ConvTranspose2d) and _is_linear_map(layer, x):
+            x = _latent_to_map(x, state[name + "weight"], bias, n)
+        elif isinstance(layer, nn.Conv2d):
             x = F.conv2d(x, state[name + "weight"].flatten(0, 1), bias, layer.stride, layer.padding,
                          layer.dilation, groups=n * layer.groups)
         elif isinstance(layer, nn.ConvTranspose2d):
@@ -100,6 +103,29 @@ def _conv_layers(net: nn.Sequential, state: dict, x: torch.Tensor, n: int) -> to
         else:
             x = layer(x)
     return x
+
+
+def _is_linear_map(layer: nn.ConvTranspose2d, x: torch.Tensor) -> bool:
+    """Whether `layer` on `x` is a linear map of the input's channels: a 1x1 input without
+    padding (a DCGAN generator's first layer, which projects z to a k x k map)."""
+    return (x.shape[-2:] == (1, 1) and layer.padding == (0, 0) and layer.output_padding == (0, 0)
+            and layer.dilation == (1, 1) and layer.groups == 1)
+
+
+def _latent_to_map(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
+    """ConvTranspose2d of x (B, N x C_in, 1, 1) with weight (N, C_in, C_out, k, k) as one batched
+    matmul: y[b, o, i, j] = sum_c x[b, c] w[c, o, i, j]. Returns (B, N x C_out, k, k) in
+    channels_last. The grouped transposed convolution computes the same but, with one group per
+    member, 6x slower on a CPU (oneDNN) for the default G (BENCHMARKS.md, "Fused seeds")."""
+    batch = x.shape[0]
+    _, c_in, c_out, kh, kw = weight.shape
+    # (k, k, C_out) innermost: a channels_last weight's own memory order, so no copy of it.
+    w = weight.permute(0, 1, 3, 4, 2).reshape(n, c_in, kh * kw * c_out)
+    y = torch.bmm(x.reshape(batch, n, c_in).transpose(0, 1), w)
+    # (N, B, k, k, C_out) -> memory (B, k, k, N, C_out): channels_last for the layers after.
+    y = y.view(n, batch, kh, kw, c_out).permute(1, 2, 3, 0, 4).reshape(batch, kh, kw, n * c_out)
+    y = y.permute(0, 3, 1, 2)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 def _batch_norm(layer: nn.modules.batchnorm._BatchNorm, state: dict, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,33 @@ def assert_same_tree(a, b, exact: bool = True, rtol: float = 1e-5, atol: float =
         assert a == b, where
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_the_fused_dcgan_computes_each_members_network_and_its_gradients(channels_last):
+    """fused_layers' forward (G's first layer as a batched matmul, the others as grouped
+    convolutions) against each member's own module, outputs and weight gradients."""
+    from gan_experiments.models.dcgan import DCGANDiscriminator, DCGANGenerator
+    from gan_experiments.stacked import StackedNet
+
+    torch.manual_seed(0)
+    n, batch, fmt = 3, 8, torch.channels_last if channels_last else torch.contiguous_format
+    for make, x in ((lambda: DCGANGenerator(16, 1, 28, 8), torch.randn(n, batch, 16)),
+                    (lambda: DCGANDiscriminator(1, 28, 8, "batch", 1), torch.randn(n, batch, 1, 28, 28))):
+        nets = [make().to(memory_format=fmt) for _ in range(n)]
+        optimizers = [torch.optim.Adam(m.parameters()) for m in nets]
+        schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0) for o in optimizers]
+        stacked = StackedNet.of(nets, optimizers, schedules, torch.optim.Adam,
+                                lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1.0))
+        fused_out = stacked(x)
+        fused_out.square().sum().backward()
+        for i, net in enumerate(nets):
+            out = net(x[i])
+            out.square().sum().backward()
+            torch.testing.assert_close(fused_out[i], out, rtol=1e-5, atol=1e-5)
+            for name, p in net.named_parameters():
+                scale = float(p.grad.abs().max())  # float rounding, relative to the gradient's size
+                torch.testing.assert_close(stacked.params[name].grad[i], p.grad, rtol=1e-4, atol=1e-5 * scale)
+
+
 @pytest.mark.parametrize("setup", SETUPS)
 def test_a_member_starts_from_its_solo_runs_weights_and_stream(setup):
     from gan_experiments.train import prepare
