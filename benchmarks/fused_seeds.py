@@ -102,11 +102,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def solo_rate(cfg, data, device, steps: int) -> tuple[float, tuple[float, float, float], float]:
-    """(steps/s, operator calls per step (top-level, kernels, random draws), FLOPs per step) of
-    one solo run."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+def solo_step(cfg, data, device):
+    """One solo run's training step, as a function of the step's index."""
     from gan_experiments.train import train_step
 
     gan, losses, scalers, autocast = solo_setup(cfg, data, device, 0)
@@ -114,15 +111,19 @@ def solo_rate(cfg, data, device, steps: int) -> tuple[float, tuple[float, float,
     def step(i):
         train_step(gan, data, losses, cfg.trainer, 0.0, scalers, autocast, measure=False)
 
-    rate = timed(step, steps, device)
+    return step
+
+
+def flops_of(step) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
     with FlopCounterMode(display=False) as flops:
         step(0)
-    return rate, operator_calls(step, device), flops.get_total_flops()
+    return flops.get_total_flops()
 
 
-def fused_rate(cfg, data, device, n: int, steps: int) -> tuple[float, tuple[float, float, float]]:
-    """(seed-steps/s, operator calls per seed-step (top-level, kernels, random draws)) of n
-    seeds fused."""
+def fused_step_of(cfg, data, device, n: int):
+    """One step of n seeds fused, as a function of the step's index."""
     from gan_experiments.fused import fused_step
     from gan_experiments.train import make_losses
 
@@ -132,11 +133,16 @@ def fused_rate(cfg, data, device, n: int, steps: int) -> tuple[float, tuple[floa
     def step(i):
         fused_step(group, generators, data, losses, cfg.trainer, latent, 0.0, measure=False)
 
-    top, kernels, draws = operator_calls(step, device)
-    return n * timed(step, steps, device), (top / n, kernels / n, draws / n)
+    return step
 
 
-def timed(step, steps: int, device) -> float:
+def timed(step, steps: int, device, repeats: int = 2) -> float:
+    """Calls of `step` per second: the best of `repeats` timings of `steps` calls. This
+    machine's speed drifts between timings by up to 1.5x; the best of each side is compared."""
+    return max(_timed(step, steps, device) for _ in range(repeats))
+
+
+def _timed(step, steps: int, device) -> float:
     for i in range(3):
         step(i)
     sync(device)
@@ -166,6 +172,8 @@ def operator_calls(step, device, steps: int = 3) -> tuple[float, float, float]:
     top-level call but a kernel per tensor and operation."""
     from torch.profiler import ProfilerActivity, profile
 
+    for i in range(2):  # past the first steps' one-time work (the optimizers' state)
+        step(i)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(steps):
             step(i)
@@ -256,14 +264,20 @@ def main() -> None:
         cfg = compose(net, args.device)
         data = data_for(cfg, device)
         steps = args.steps or (30 if net == "dcgan_small" else 60)
-        solo, (solo_top, solo_kernels, solo_draws), flops = solo_rate(cfg, data, device, steps)
+        solo = solo_step(cfg, data, device)
+        (solo_top, solo_kernels, solo_draws), flops = operator_calls(solo, device), flops_of(solo)
         parallel = parallel_rate(net, args.device, cores, 8.0) if device.type == "cpu" else float("nan")
         for n in members:
-            fused, (top, kernels, draws) = fused_rate(cfg, data, device, n, max(3, steps // max(1, n // 4)))
+            fused = fused_step_of(cfg, data, device, n)
+            top, kernels, draws = (calls / n for calls in operator_calls(fused, device))
+            # One after another is timed beside each fused cell, so that both see the same drift.
+            solo_rate = timed(solo, steps, device)
+            fused_rate = n * timed(fused, max(3, steps // max(1, n // 4)), device)
+            solo_rate = max(solo_rate, timed(solo, steps, device, repeats=1))
             target = 1.2 * solo_kernels / n
             paper = on_paper(solo_kernels, flops) / on_paper(kernels, flops)
-            print(f"| {net} | {n} | {solo:.1f} | {parallel:.1f} | {fused:.1f} | {fused / solo:.2f} | "
-                  f"{fused / parallel:.2f} | {solo_top:.0f} / {top:.1f} | {solo_kernels:.0f} / {kernels:.1f} "
+            print(f"| {net} | {n} | {solo_rate:.1f} | {parallel:.1f} | {fused_rate:.1f} | {fused_rate / solo_rate:.2f} | "
+                  f"{fused_rate / parallel:.2f} | {solo_top:.0f} / {top:.1f} | {solo_kernels:.0f} / {kernels:.1f} "
                   f"(≤ {target:.1f}: {'yes' if kernels <= target else 'no'}) | {solo_draws:.0f} / {draws:.1f} | "
                   f"{paper:.1f}× |", flush=True)
         print(f"<!-- {net}: {flops / 1e6:.1f} MFLOP per seed-step -->", flush=True)
