@@ -31,6 +31,7 @@ from gan_experiments.data import ImageStreamData, check_batch_size
 from gan_experiments.errors import UserError
 from gan_experiments.lifecycle import Start, StartRefused, check_values, claim, decide_start
 from gan_experiments.loggers import LoggedRun, Loggers, job_group, start_loggers
+from gan_experiments.member_logs import per_member, writing_to
 from gan_experiments.metrics.evaluator import check_cache_dir
 from gan_experiments.record import RunRecord
 from gan_experiments.run import Outcome, _failed, _stopped_before_training, failure
@@ -260,10 +261,11 @@ def run_group(members: list[Member], sweep_dir: Path) -> list[Outcome]:
                 outcomes[i] = Outcome("not_started", message="the sweep was stopped")
                 continue
             try:
-                check_values(m.cfg)
-                check_fusable(m.cfg)
-                m.claim = held.enter_context(_claimed_start(m.run_dir, resolved(m.cfg)))
-                m.start = m.claim.start
+                with writing_to([m.run_dir]):
+                    check_values(m.cfg)
+                    check_fusable(m.cfg)
+                    m.claim = held.enter_context(_claimed_start(m.run_dir, resolved(m.cfg)))
+                    m.start = m.claim.start
             except StartRefused as error:
                 outcomes[i] = Outcome("refused", message=str(error))
                 continue
@@ -277,7 +279,8 @@ def run_group(members: list[Member], sweep_dir: Path) -> list[Outcome]:
             if sweep_stopped(sweep_dir):  # an earlier group was stopped: the sweep is
                 outcomes.update({i: Outcome("not_started", message="the sweep was stopped") for i in indices})
                 continue
-            outcomes.update(zip(indices, _train([members[i] for i in indices], sweep_dir), strict=True))
+            with writing_to([members[i].run_dir for i in indices]):  # the group's lines: each member's log
+                outcomes.update(zip(indices, _train([members[i] for i in indices], sweep_dir), strict=True))
     return [outcomes[i] for i in range(len(members))]
 
 
@@ -332,11 +335,12 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
         """A member's end, written when it ends: a member that diverged is final even if the
         group fails later; one member's failure to finish is its own."""
         i = index[id(m)]
-        try:
-            outcomes[i] = Outcome("trained", finish(m.session, ended, stopped_by))
-        except Exception as error:
-            log.error("%s failed at its end", m.run_dir.name, exc_info=error)
-            outcomes[i] = failure(records[i], error, m.run_dir)
+        with writing_to([m.run_dir]):
+            try:
+                outcomes[i] = Outcome("trained", finish(m.session, ended, stopped_by))
+            except Exception as error:
+                log.error("%s failed at its end", m.run_dir.name, exc_info=error)
+                outcomes[i] = failure(records[i], error, m.run_dir)
 
     try:
         device = resolve_device(cfg.trainer.device)
@@ -346,24 +350,25 @@ def _train(members: list[Member], sweep_dir: Path) -> list[Outcome]:
             except UserError as error:
                 raise StartRefused(str(error)) from None
             for i, m in enumerate(members):
-                try:
-                    prepared = prepare(m.cfg, device, False, data)
-                    loggers[i] = start_loggers(m.cfg.logger, LoggedRun(
-                        m.run_dir, m.run_dir.name, job_group(sweep_dir),
-                        m.start.step if m.start.kind == "resume" else None))
-                except UserError as error:
-                    raise StartRefused(str(error)) from None
-                m.on_start(m.start)
-                records[i] = RunRecord.begin(m.run_dir, m.cfg.trainer.steps, m.start.step, m.start.kind == "resume",
-                                             prepared.objective, checkpoint.arithmetic(device, len(members)))
-                records[i].fused_with = seeds
-                records[i].write(m.run_dir)
-                m.session = set_up(m.cfg, m.run_dir, device, prepared, m.start.saved, records[i], loggers[i], m.hparams)
-                # The solo run's stream starts here: set_up resumed it, or the seed and the
-                # model's init left it here.
-                m.rng = checkpoint.rng_state(device)
-                m.generator = torch.Generator(device)
-                m.generator.set_state(m.rng["cuda"] if device.type == "cuda" else m.rng["torch"])
+                with writing_to([m.run_dir]):  # its set-up and resume lines: its log
+                    try:
+                        prepared = prepare(m.cfg, device, False, data)
+                        loggers[i] = start_loggers(m.cfg.logger, LoggedRun(
+                            m.run_dir, m.run_dir.name, job_group(sweep_dir),
+                            m.start.step if m.start.kind == "resume" else None))
+                    except UserError as error:
+                        raise StartRefused(str(error)) from None
+                    m.on_start(m.start)
+                    records[i] = RunRecord.begin(m.run_dir, m.cfg.trainer.steps, m.start.step, m.start.kind == "resume",
+                                                 prepared.objective, checkpoint.arithmetic(device, len(members)))
+                    records[i].fused_with = seeds
+                    records[i].write(m.run_dir)
+                    m.session = set_up(m.cfg, m.run_dir, device, prepared, m.start.saved, records[i], loggers[i], m.hparams)
+                    # The solo run's stream starts here: set_up resumed it, or the seed and the
+                    # model's init left it here.
+                    m.rng = checkpoint.rng_state(device)
+                    m.generator = torch.Generator(device)
+                    m.generator.set_state(m.rng["cuda"] if device.type == "cuda" else m.rng["torch"])
             stop.setting_up = False
             run_loop(stack(members), stop, lambda m, ended: finish_member(m, ended, stop.signal_name))
     except StartRefused as error:  # a member's set-up refused: the group's configs differ only in seed
@@ -425,8 +430,9 @@ def run_loop(group: Group, stop: threading.Event, finish_member: Callable[[Membe
                             "training on.", step)
             for m, diverged in zip(group.members, bad, strict=True):
                 if diverged:
-                    log.error("%s: non-finite loss by step %d: it leaves the fused group; its last good "
-                              "checkpoint is kept.", m.run_dir.name, step)
+                    with writing_to([m.run_dir]):
+                        log.error("%s: non-finite loss by step %d: it leaves the fused group; its last good "
+                                  "checkpoint is kept.", m.run_dir.name, step)
                     m.session.gan.step = step
                     finish_member(m, "diverged")
             if all(bad):
@@ -451,14 +457,15 @@ def run_loop(group: Group, stop: threading.Event, finish_member: Callable[[Membe
         if sample or evaluate or at_checkpoint or stopping:
             group.write_back()
         for m in group.members:
-            if sample:
-                sample_now(m.session)
-            if evaluate:
-                evaluate_now(m.session)
-            if at_checkpoint or stopping:
-                m.session.loggers.flush()
-                save_checkpoint(m.session, member_rng(m, device))
-                m.session.record.write(m.run_dir)
+            with writing_to([m.run_dir]):
+                if sample:
+                    sample_now(m.session)
+                if evaluate:
+                    evaluate_now(m.session)
+                if at_checkpoint or stopping:
+                    m.session.loggers.flush()
+                    save_checkpoint(m.session, member_rng(m, device))
+                    m.session.record.write(m.run_dir)
         if stopping and step < trainer.steps:
             log.warning("Stop requested: checkpoints written at step %d.", step)
             for m in group.members:
@@ -506,10 +513,12 @@ def launch(launcher, job_overrides, initial_job_idx: int) -> list:
         jobs = [_job(launcher, configs[i], sweep_dir) for i in indices]
         configure_log(configs[indices[0]].hydra.job_logging, configs[indices[0]].hydra.verbose)
         quiet_console()
-        outcomes = run_group([member for member, _ in jobs], sweep_dir)
-        for i, (member, ret), outcome in zip(indices, jobs, outcomes, strict=True):
-            _report(outcome, ret, member, configs[i])
-            returns[i] = ret
+        with per_member([member.run_dir for member, _ in jobs]):
+            outcomes = run_group([member for member, _ in jobs], sweep_dir)
+            for i, (member, ret), outcome in zip(indices, jobs, outcomes, strict=True):
+                with writing_to([member.run_dir]):
+                    _report(outcome, ret, member, configs[i])
+                returns[i] = ret
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return returns
 

@@ -249,6 +249,39 @@ def test_options_a_fused_group_does_not_train_are_refused_in_one_paragraph(tmp_p
     assert not (tmp_path / "seed=0").exists()  # a refused start writes nothing
 
 
+def test_a_members_log_lines_go_to_its_own_log_and_the_groups_to_every_trained_members(tmp_path):
+    """member_logs in place of Hydra's one job log: a member's lines in its folder's log, the
+    group's in each trained member's, none in a skipped member's folder."""
+    import logging
+
+    from gan_experiments.member_logs import per_member, writing_to
+
+    dirs = [tmp_path / f"seed={s}" for s in range(3)]
+    for d in dirs:
+        d.mkdir()
+    root, hydra_log = logging.getLogger(), logging.FileHandler(dirs[0] / "__main__.log", delay=True)
+    hydra_log.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    hydra_log.name = "file"  # as Hydra's job_logging names it (pytest has file handlers of its own)
+    root.addHandler(hydra_log)
+    log = logging.getLogger("gan_experiments.test")
+    try:
+        with per_member(dirs):
+            assert hydra_log not in root.handlers
+            with writing_to(dirs[:2]):  # seed=2 was skipped: the group trains seeds 0 and 1
+                log.warning("the group's line")
+                for d in dirs[:2]:
+                    with writing_to([d]):
+                        log.warning("%s's own line", d.name)
+        assert hydra_log not in root.handlers
+    finally:
+        root.removeHandler(hydra_log)
+    for d in dirs[:2]:
+        other = dirs[1] if d == dirs[0] else dirs[0]
+        assert (d / "__main__.log").read_text() == f"WARNING the group's line\nWARNING {d.name}'s own line\n"
+        assert other.name not in (d / "__main__.log").read_text()
+    assert not (dirs[2] / "__main__.log").exists()
+
+
 @pytest.mark.slow
 def test_twenty_fused_ring_seeds_are_a_sample_of_the_solo_runs_distribution(tmp_path):
     """20 seeds of PacGAN's 2D nets on the ring, fused and solo: the report's own comparison of
@@ -277,6 +310,70 @@ def test_twenty_fused_ring_seeds_are_a_sample_of_the_solo_runs_distribution(tmp_
     assert comparison.ci[0] <= 0 <= comparison.ci[1]
     assert abs(comparison.difference) < 0.5 * spread
     assert comparison.ci[1] - comparison.ci[0] < 1.6 * spread  # what two independent sets of 20 give
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_from_the_command_line_reports_reruns_and_resumes_like_a_solo_one(tmp_path):
+    """The real launcher: two groups (loss) of three seeds; the report and the rerun decision
+    read its folders; a SIGTERM checkpoints every member, and the same command resumes them."""
+    import csv
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_sweep import sweep
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["loss=nonsat,smooth", "seed=0,1,2", "hydra/launcher=fused", f"hydra.sweep.dir={sweep_dir}"]
+    result = sweep(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("started (fused)") == 6 and result.stdout.count(": ok at step 4") == 6
+    with open(sweep_dir / "sweep_status.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    job = sweep_dir / "loss=smooth,seed=2"
+    assert json.loads((job / "status.json").read_text())["fused_with"] == [0, 1, 2]
+    assert (job / ".hydra" / "config.yaml").is_file() and list(job.glob("events.out.tfevents.*"))
+    report = subprocess.run([sys.executable, "-m", "gan_experiments.report", str(sweep_dir)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert "loss=nonsat" in report.stdout and "loss=smooth" in report.stdout
+
+    again = sweep(*args, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("already ok, skipped") == 6, again.stdout
+    changed = sweep(*args, "optimizer.d.lr=0.1", cwd=tmp_path)
+    assert changed.stdout.count("start refused") == 6 and "optimizer.d.lr" in changed.stdout
+
+    # Interrupted and resumed: a longer sweep of its own, stopped once every member trains.
+    long_dir = tmp_path / "long"
+    long_args = ["seed=0,1", "hydra/launcher=fused", f"hydra.sweep.dir={long_dir}", "trainer.steps=3000",
+                 "trainer.log_every=50", "trainer.checkpoint_every=100000", "trainer.sample_every=100000",
+                 "eval.every=0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gan_experiments", "-m", "--config-dir", str(tmp_path / "my_conf"),
+         "+experiment=tiny_ring", *long_args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(long_dir.glob("seed=*/events.out.tfevents.*"))) < 2:
+        time.sleep(0.2)
+    time.sleep(2)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=120)
+    records = [json.loads((long_dir / f"seed={s}" / "status.json").read_text()) for s in (0, 1)]
+    assert [r["status"] for r in records] == ["interrupted"] * 2, out
+    assert 0 < records[0]["step"] == records[1]["step"] < 3000
+    assert all((long_dir / f"seed={s}" / "checkpoints" / "last.pt").is_file() for s in (0, 1))
+    resumed = sweep(*long_args, cwd=tmp_path)
+    assert resumed.returncode == 0 and resumed.stdout.count("resuming (fused)") == 2, resumed.stdout
+    records = [json.loads((long_dir / f"seed={s}" / "status.json").read_text()) for s in (0, 1)]
+    assert [(r["status"], r["step"]) for r in records] == [("ok", 3000)] * 2
+    assert records[0]["resumed_from_step"] > 0
+    # Each member's log is its own, as a solo job's: its resume line, no other member's.
+    for s in (0, 1):
+        lines = (long_dir / f"seed={s}" / "__main__.log").read_text()
+        assert f"Resumed {long_dir / f'seed={s}'} at step" in lines, lines
+        assert f"seed={1 - s} at step" not in lines, lines
 
 
 @pytest.mark.gpu
