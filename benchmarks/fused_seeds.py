@@ -271,9 +271,9 @@ def main() -> None:
             fused = fused_step_of(cfg, data, device, n)
             top, kernels, draws = (calls / n for calls in operator_calls(fused, device))
             # One after another is timed beside each fused cell, so that both see the same drift.
-            solo_rate = timed(solo, steps, device)
+            solo_before = timed(solo, steps, device)
             fused_rate = n * timed(fused, max(3, steps // max(1, n // 4)), device)
-            solo_rate = max(solo_rate, timed(solo, steps, device, repeats=1))
+            solo_rate = max(solo_before, timed(solo, steps, device, repeats=1))
             target = 1.2 * solo_kernels / n
             paper = on_paper(solo_kernels, flops) / on_paper(kernels, flops)
             print(f"| {net} | {n} | {solo_rate:.1f} | {parallel:.1f} | {fused_rate:.1f} | {fused_rate / solo_rate:.2f} | "
