@@ -17,22 +17,40 @@ import torch
 BLOCK_ELEMENTS = 2**21  # distances held at once (16 MB in float64)
 
 
-def _rows(n_columns: int, block: int | None) -> int:
-    return block or max(1, BLOCK_ELEMENTS // n_columns)
+class _DistanceBlocks:
+    """Euclidean distances from blocks of rows of `a` (N, D) to every row of `b` (M, D): (rows, M)
+    at a time, each block written into one buffer held for the whole pass. A fresh (rows, M)
+    tensor per block, freed while topk's and the comparisons' small results stay allocated,
+    fragmented the C heap, by how much depending on the CPU kernels' own allocations: nearly
+    every block's 16 MB stayed resident in a CI run (19 GB at 50,000 samples), and up to 3 GB at
+    20,000 here under ATEN_CPU_CAPABILITY=default."""
 
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, block: int | None):
+        self.a, self.b_t = a, b.T
+        self.rows = block or max(1, BLOCK_ELEMENTS // len(b))
+        self.b_norms = b.pow(2).sum(1).expand(min(self.rows, len(a)), len(b))
+        self.buffer = a.new_empty(self.b_norms.shape)
 
-def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # sqrt(|a|^2 - 2ab + |b|^2), as sklearn's euclidean_distances (which prdc uses); in float64
-    # its rounding is far below any gap that decides a comparison. (torch.cdist, with topk on its
-    # output, grew the resident set by 1.7 GB over 400 blocks at N = 20,000 here.)
-    return (a.pow(2).sum(1, keepdim=True) - 2 * a @ b.T + b.pow(2).sum(1)).clamp_min_(0).sqrt_()
+    def __iter__(self):
+        for start in range(0, len(self.a), self.rows):
+            rows = self.a[start:start + self.rows]
+            d = self.buffer[:len(rows)]
+            # sqrt(|a|^2 - 2ab + |b|^2), as sklearn's euclidean_distances (which prdc uses); in
+            # float64 its rounding is far below any gap that decides a comparison. (torch.cdist,
+            # with topk on its output, grew the resident set by 1.7 GB over 400 blocks at
+            # N = 20,000 here.)
+            torch.addmm(self.b_norms[:len(rows)], rows, self.b_t, alpha=-2, out=d)
+            yield start, d.add_(rows.pow(2).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
 
 
 def knn_radii(features: torch.Tensor, ks: tuple[int, ...], block: int | None = None) -> dict[int, torch.Tensor]:
     """For each k of `ks`: (N,) the distance from each row of `features` (N, D) to its k-th
     nearest other row. One pass over the distances for every k; `block` rows at a time."""
-    nearest = torch.cat([_distances(rows, features).topk(max(ks) + 1, dim=1, largest=False).values
-                         for rows in features.split(_rows(len(features), block))])  # column 0: the row itself
+    nearest = features.new_empty(len(features), max(ks) + 1)  # column 0: the row itself
+    indices = torch.empty(nearest.shape, dtype=torch.long, device=features.device)
+    for start, d in _DistanceBlocks(features, features, block):
+        torch.topk(d, max(ks) + 1, dim=1, largest=False, out=(nearest[start:start + len(d)],
+                                                            indices[start:start + len(d)]))
     return {k: nearest[:, k] for k in ks}
 
 
@@ -50,13 +68,14 @@ def precision_recall_density_coverage(real: torch.Tensor, fake: torch.Tensor, k_
     in_real_pr = in_real_dc = 0
     in_fake = torch.zeros(len(real), dtype=torch.bool, device=real.device)
     nearest_fake = torch.full((len(real),), torch.inf, dtype=real.dtype, device=real.device)
-    rows_at_once = _rows(len(real), block)
-    for rows, radius in zip(fake.split(rows_at_once), fake_pr.split(rows_at_once), strict=True):
-        d = _distances(rows, real)  # (block, N): these generated samples against every real one
-        in_real_pr += (d < real_pr).any(dim=1).sum().item()
-        in_real_dc += (d < real_dc).sum().item()
-        in_fake |= (d < radius[:, None]).any(dim=0)
-        nearest_fake = torch.minimum(nearest_fake, d.min(dim=0).values)
+    blocks = _DistanceBlocks(fake, real, block)  # (rows, N): generated samples against every real one
+    inside = torch.empty(blocks.buffer.shape, dtype=torch.bool, device=real.device)
+    for start, d in blocks:
+        mask, radius = inside[:len(d)], fake_pr[start:start + len(d), None]
+        in_real_pr += torch.lt(d, real_pr, out=mask).any(dim=1).sum().item()
+        in_real_dc += torch.lt(d, real_dc, out=mask).sum().item()
+        in_fake |= torch.lt(d, radius, out=mask).any(dim=0)
+        torch.minimum(nearest_fake, d.amin(dim=0), out=nearest_fake)
     return {"precision": in_real_pr / len(fake), "recall": in_fake.double().mean().item(),
             "density": in_real_dc / (k_dc * len(fake)), "coverage": (nearest_fake < real_dc).double().mean().item()}
 
